@@ -1,0 +1,107 @@
+"""create_app(settings) -> Quart app. Nothing else lives here."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from typing import Any
+
+from quart import Quart, Response
+
+from agentidp_server import http
+from agentidp_server.background import TaskSupervisor
+from agentidp_server.idp import IdP
+from agentidp_server.logs import configure_logging
+from agentidp_server.metrics import observe_request
+from agentidp_server.migrations import migrate
+from agentidp_server.plugins import PluginError, load_plugins
+from agentidp_server.settings import SettingsError, apply_defaults, load_settings, validate
+
+log = logging.getLogger("agentidp")
+
+
+def build_idp(settings: Any | None = None) -> IdP:
+    """Settings, plugins and their validated settings: what the app and the CLI share."""
+    settings = settings if settings is not None else load_settings()
+    hooks = load_plugins(settings)
+    specs = [spec for _, spec in hooks.settings()]
+    apply_defaults(settings, specs)
+    problems = validate(settings, specs)
+    if problems:
+        raise SettingsError(problems)
+    return IdP(settings, hooks)
+
+
+def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
+    """Build the app; raises SettingsError or PluginError when it cannot start."""
+    idp = idp or build_idp(settings)
+    settings = idp.settings
+    configure_logging(settings)
+    app = Quart("agentidp_server", static_folder=None)
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["agentidp"] = idp
+    core_state = idp.state.setdefault("core", {})
+
+    http.install(app, settings)
+    idp.hooks.metrics(idp, idp.registry)
+    _mount_blueprints(app, idp)
+    core_state["grant_types"] = idp.hooks.grant_types(idp)
+    core_state["health_checks"] = idp.hooks.health_checks(idp)
+
+    @app.after_request
+    async def count(response: Response) -> Response:
+        observe_request(idp, response.status_code)
+        return response
+
+    stack = AsyncExitStack()
+    supervisor = TaskSupervisor([])
+
+    @app.before_serving
+    async def start() -> None:
+        nonlocal supervisor
+        await idp.open_storage()
+        stack.push_async_callback(idp.close_storage)
+        if not settings.DATABASE_URL or not settings.REDIS_URL:
+            log.info(
+                "Using embedded storage: %s and %s (development only; set DATABASE_URL and "
+                "REDIS_URL for production)",
+                idp.db.description,
+                idp.kv.description,
+            )
+        if settings.MIGRATE_ON_START:
+            applied = await migrate(idp.db, idp.migration_sets())
+            for migration in applied:
+                log.info("Applied migration %s/%s", migration.migration_set, migration.name)
+        for plugin, manager in idp.hooks.lifespans(idp):
+            try:
+                await stack.enter_async_context(manager)
+            except Exception as error:
+                raise PluginError(f"plugin {plugin!r} failed in lifespan: {error}") from error
+        supervisor = TaskSupervisor(idp.hooks.background_tasks(idp))
+        supervisor.start()
+
+    @app.after_serving
+    async def stop() -> None:
+        await supervisor.stop(float(settings.SHUTDOWN_TASK_TIMEOUT))
+        await stack.aclose()
+
+    return app
+
+
+def _mount_blueprints(app: Quart, idp: IdP) -> None:
+    owners: dict[tuple[str, str], str] = {}
+    for plugin, blueprint in idp.hooks.blueprints(idp):
+        before = len(list(app.url_map.iter_rules()))
+        try:
+            app.register_blueprint(blueprint)
+        except ValueError as error:
+            raise PluginError(f"plugin {plugin!r}: {error}") from error
+        for rule in list(app.url_map.iter_rules())[before:]:
+            for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+                key = (method, rule.rule)
+                if key in owners:
+                    raise PluginError(
+                        f"plugin {plugin!r}: route {method} {rule.rule} is already registered "
+                        f"by {owners[key]!r}"
+                    )
+                owners[key] = plugin

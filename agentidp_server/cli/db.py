@@ -1,0 +1,56 @@
+"""`agentidp db migrate|status`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import click
+
+from agentidp_server.cli import cli, open_idp
+from agentidp_server.migrations import MigrationError, migrate, status
+from agentidp_server.storage.errors import StorageError
+
+
+@cli.group()
+def db() -> None:
+    """Database migrations."""
+
+
+def _run(coro_factory: object) -> None:
+    try:
+        asyncio.run(coro_factory())  # type: ignore[operator]
+    except (MigrationError, StorageError) as error:
+        raise click.ClickException(f"Migration failed: Error: {error}") from error
+
+
+@db.command("migrate")
+def migrate_cmd() -> None:
+    """Apply the kernel's and every enabled plugin's pending migrations."""
+
+    async def main() -> None:
+        async with open_idp() as idp:
+            applied = await migrate(idp.db, idp.migration_sets())
+        for m in applied:
+            click.echo(f"applied {m.migration_set}/{m.name}")
+        click.echo(f"{len(applied)} migration(s) applied")
+
+    _run(main)
+
+
+@db.command("status")
+def status_cmd() -> None:
+    """List applied and pending migrations."""
+
+    async def main() -> None:
+        async with open_idp() as idp:
+            rows = await status(idp.db, idp.migration_sets())
+        for row in rows:
+            when = (
+                datetime.fromtimestamp(row.applied_at / 1000, UTC).isoformat(timespec="seconds")
+                if row.applied_at is not None
+                else "pending"
+            )
+            click.echo(f"{row.migration_set}/{row.name}\t{when}")
+
+    _run(main)

@@ -1,0 +1,180 @@
+"""The plugin contract: every hook AgentIdP calls, in the order it calls them.
+
+A plugin is a module (or object) with functions marked `@hookimpl`, published
+under the `agentidp` entry-point group. The kernel registers its own
+capabilities through these same hooks. Read `docs/plugins.md` for a worked
+example.
+
+Rules that hold for every hook:
+
+* Any implementation may return a value or an awaitable; the kernel awaits it.
+  Assembly-phase hooks run while the app is being built and must return plain
+  values (Quart cannot add routes once it serves).
+* An implementation that raises at startup stops the server with a message
+  naming the plugin. A serving-phase hook that raises is logged with the
+  plugin's name and does not fail the request, except `token_claims`, whose
+  failure fails the token request (a token missing claims is worse than none).
+* `idp` is the kernel's public facade (`agentidp_server.IdP`): settings, db,
+  kv, metrics registry and the services a plugin may call. Plugins never
+  import kernel internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+import click
+import pluggy
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from quart import Blueprint
+
+    from agentidp_server.background import BackgroundTask
+    from agentidp_server.grants import GrantType
+    from agentidp_server.health import HealthCheck
+    from agentidp_server.idp import IdP
+    from agentidp_server.migrations import MigrationSet
+    from agentidp_server.settings import Setting
+
+PROJECT = "agentidp"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------
+# Configuration: called once settings are loaded, before anything is built.
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def register_settings() -> list[Setting]:
+    """Declare the plugin's settings.
+
+    Called before validation. Return a list of `agentidp_server.Setting`, each
+    with a default and a description; keys must start with the plugin's name in
+    upper case (`ANALYTICS_RETENTION_DAYS`). The runbook-style plain variable
+    and the `AGENTIDP_`-prefixed one both set it. A bad value stops startup
+    with one line naming the key.
+    """
+
+
+# --------------------------------------------------------------------------
+# Assembly: called while the app is built, in plugin registration order.
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def register_blueprints(idp: IdP) -> list[Blueprint]:
+    """Return Quart blueprints to mount.
+
+    Called once per app. A blueprint whose name or whose (method, route) pair
+    another plugin already registered stops startup with both plugins named.
+    """
+
+
+@hookspec
+def register_migrations(idp: IdP) -> list[MigrationSet]:
+    """Return the plugin's named migration sets (`agentidp_server.MigrationSet`).
+
+    Called by `agentidp db migrate`, `agentidp db status` and, where
+    MIGRATE_ON_START is on, at startup. The kernel orders, locks and records
+    them in `schema_migrations`; a set name must be unique (use the plugin's
+    name).
+    """
+
+
+@hookspec
+def register_grant_types(idp: IdP) -> list[GrantType]:
+    """Return grant handlers for the token endpoint, each with a `grant_type`.
+
+    A grant type another plugin (or the kernel) already handles stops startup.
+    Every grant runs through the kernel's client authentication, rate limits,
+    policy and audit before and after the handler.
+    """
+
+
+@hookspec
+def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
+    """Create the plugin's Prometheus metrics on `registry` (never the global one).
+
+    Called only while the plugin is enabled, so a disabled plugin's metrics
+    never appear on /metrics. Keep the objects (e.g. on the plugin's state)
+    to update them later. A duplicate metric name stops startup.
+    """
+
+
+@hookspec
+def register_health_checks(idp: IdP) -> list[HealthCheck]:
+    """Return named readiness checks (`agentidp_server.HealthCheck`).
+
+    `GET /health/ready` runs every check concurrently, each bounded by
+    HEALTH_CHECK_TIMEOUT; a check that raises or times out makes readiness 503
+    and is named in the answer. Names must be unique.
+    """
+
+
+@hookspec
+def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
+    """Return long-running tasks (`agentidp_server.BackgroundTask`) to supervise.
+
+    Started after storage and lifespans are up, restarted with backoff if they
+    raise, cancelled at shutdown and given SHUTDOWN_TASK_TIMEOUT to finish.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add `agentidp` subcommands to `cli` (a click group).
+
+    Called when the CLI starts, for enabled plugins only. A command that needs
+    storage should use `agentidp_server.cli.open_idp()`.
+    """
+
+
+# --------------------------------------------------------------------------
+# Serving: called while the server runs.
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def lifespan(idp: IdP) -> AbstractAsyncContextManager[None] | None:
+    """Return an async context manager entered at startup, exited at shutdown.
+
+    Entered after storage opens, in registration order; exited in reverse
+    order, after in-flight requests finish. Raising on entry stops startup.
+    """
+
+
+@hookspec
+def token_claims(idp: IdP, context: Mapping[str, Any]) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
+    """Return extra claims for an access token being issued.
+
+    `context` holds the agent, the client, the grant type and the claims so
+    far (read-only). The registered claims (`iss`, `sub`, `aud`, `exp`, `iat`,
+    `jti`, `scope`, `client_id`, `org_id`, and `act` where present) cannot be
+    overwritten: a plugin returning one of them fails the request with the
+    plugin named in the log.
+    """
+
+
+@hookspec
+def discovery_metadata(idp: IdP) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
+    """Return fields to merge into the RFC 8414 authorization-server metadata.
+
+    Only called for enabled plugins, so nothing of a disabled plugin is
+    advertised. List-valued fields are merged, scalar fields may not clash.
+    """
+
+
+@hookspec
+def audit_event(idp: IdP, event: Mapping[str, Any]) -> Awaitable[None] | None:
+    """Receive a committed audit event, after commit and off the request path.
+
+    Delivered in chain order per organisation. An exception is logged with the
+    plugin's name and does not stop delivery to other plugins. A plugin that
+    needs at-least-once processing remembers the last `seq` it handled and
+    reads the audit log from there after a restart.
+    """

@@ -1,0 +1,284 @@
+"""Plugin discovery, enable/disable, and a typed facade over the hook calls."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+import pluggy
+
+from agentidp_server import hookspecs
+from agentidp_server.settings import Setting, apply_environment
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from quart import Blueprint
+
+    from agentidp_server.background import BackgroundTask
+    from agentidp_server.grants import GrantType
+    from agentidp_server.health import HealthCheck
+    from agentidp_server.idp import IdP
+    from agentidp_server.migrations import MigrationSet
+
+log = logging.getLogger("agentidp.plugins")
+T = TypeVar("T")
+
+ENTRY_POINT_GROUP = "agentidp"
+CORE = "core"
+# The kernel's own capabilities, registered through the same hooks as any plugin.
+KERNEL_PLUGINS = (
+    "agentidp_server.core",
+    "agentidp_server.health",
+    "agentidp_server.metrics",
+)
+# Claims a plugin may never set (RFC 9068 §2.2, RFC 8693 §4.1).
+REGISTERED_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope", "client_id", "org_id", "act"}
+)
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class PluginError(Exception):
+    """A plugin broke the contract; the message names it."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str | None
+    version: str | None
+    enabled: bool
+    builtin: bool = False
+
+
+def plugin_enabled(settings: Any, name: str) -> bool:
+    """`<NAME>_ENABLED` (plain or `AGENTIDP_`-prefixed) or `PLUGINS__<NAME>__ENABLED`."""
+    key = f"{name.upper()}_ENABLED"
+    apply_environment(settings, key, settings.get("_ENVIRON", {}), settings.get("_OVERRIDES", {}))
+    value = settings.get(key)
+    if value is None:
+        environ = settings.get("_ENVIRON", {})
+        nested = f"PLUGINS__{name.upper()}__ENABLED"
+        raw = environ.get(f"AGENTIDP_{nested}", environ.get(nested))
+        if raw is not None:
+            value = raw
+        else:
+            section = settings.get("PLUGINS") or {}
+            value = (section.get(name) or section.get(name.upper()) or {}).get("enabled")
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE
+    return bool(value)
+
+
+def load_plugins(settings: Any) -> Hooks:
+    """A fresh plugin manager: kernel plugins, then enabled entry points.
+
+    A disabled plugin is blocked before its entry point is loaded, so its code
+    is never imported.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for module_name in KERNEL_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=f"{CORE}:{module_name.rsplit('.', 1)[-1]}")
+    infos: list[PluginInfo] = []
+    seen: dict[str, str] = {}
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist is not None else None
+        version = ep.dist.version if ep.dist is not None else None
+        if ep.name in seen:
+            raise PluginError(
+                f"plugin {ep.name!r} is published by two distributions: {seen[ep.name]} and {dist}"
+            )
+        seen[ep.name] = dist or "?"
+        enabled = plugin_enabled(settings, ep.name)
+        infos.append(PluginInfo(ep.name, dist, version, enabled))
+        if not enabled:
+            pm.set_blocked(ep.name)
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as error:
+            raise PluginError(f"plugin {ep.name!r} failed to load: {error}") from error
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as error:
+        raise PluginError(f"plugin {error.plugin!r}: {error}") from error
+    return Hooks(pm, infos)
+
+
+async def await_me_maybe(value: T | Awaitable[T]) -> T:
+    """Hooks may return a value or an awaitable (Datasette's pattern)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _plugin_label(name: str) -> str:
+    return CORE if name.startswith(f"{CORE}:") else name
+
+
+class Hooks:
+    """Typed calls over the plugin manager; each error names the plugin at fault."""
+
+    def __init__(self, pm: pluggy.PluginManager, plugins: list[PluginInfo]) -> None:
+        self.pm = pm
+        self.plugins = plugins
+
+    @property
+    def enabled(self) -> list[str]:
+        return [p.name for p in self.plugins if p.enabled]
+
+    def _impls(self, hook: str) -> Iterator[tuple[str, Callable[..., Any], list[str]]]:
+        caller = getattr(self.pm.hook, hook)
+        for impl in caller.get_hookimpls():
+            yield _plugin_label(impl.plugin_name), impl.function, list(impl.argnames)
+
+    def _call(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        for plugin, function, argnames in self._impls(hook):
+            try:
+                result = function(**{name: kwargs[name] for name in argnames})
+            except PluginError:
+                raise
+            except Exception as error:
+                raise PluginError(f"plugin {plugin!r} failed in {hook}: {error}") from error
+            if inspect.isawaitable(result) and hook.startswith("register_"):
+                raise PluginError(f"plugin {plugin!r}: {hook} must not be async")
+            yield plugin, result
+
+    def _lists(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        for plugin, result in self._call(hook, **kwargs):
+            for item in result or ():
+                yield plugin, item
+
+    # Configuration ---------------------------------------------------------
+
+    def settings(self) -> list[tuple[str, Setting]]:
+        specs: list[tuple[str, Setting]] = []
+        for plugin, spec in self._lists("register_settings"):
+            if not isinstance(spec, Setting):
+                raise PluginError(f"plugin {plugin!r}: register_settings must return Setting objects")
+            if plugin != CORE and not spec.key.startswith(f"{plugin.upper()}_"):
+                raise PluginError(
+                    f"plugin {plugin!r}: setting {spec.key} must start with {plugin.upper()}_"
+                )
+            specs.append((plugin, spec))
+        return specs
+
+    # Assembly --------------------------------------------------------------
+
+    def blueprints(self, idp: IdP) -> list[tuple[str, Blueprint]]:
+        return list(self._lists("register_blueprints", idp=idp))
+
+    def migrations(self, idp: IdP) -> list[MigrationSet]:
+        sets: list[MigrationSet] = []
+        owners: dict[str, str] = {}
+        for plugin, migration_set in self._lists("register_migrations", idp=idp):
+            if migration_set.name in owners:
+                raise PluginError(
+                    f"plugin {plugin!r}: migration set {migration_set.name!r} is already "
+                    f"registered by {owners[migration_set.name]!r}"
+                )
+            owners[migration_set.name] = plugin
+            sets.append(migration_set)
+        return sets
+
+    def grant_types(self, idp: IdP) -> dict[str, GrantType]:
+        grants: dict[str, GrantType] = {}
+        owners: dict[str, str] = {}
+        for plugin, grant in self._lists("register_grant_types", idp=idp):
+            name = getattr(grant, "grant_type", None)
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {plugin!r}: a grant type has no grant_type")
+            if name in grants:
+                raise PluginError(
+                    f"plugin {plugin!r}: grant type {name!r} is already handled by {owners[name]!r}"
+                )
+            grants[name], owners[name] = grant, plugin
+        return grants
+
+    def metrics(self, idp: IdP, registry: CollectorRegistry) -> None:
+        for _ in self._call("register_metrics", idp=idp, registry=registry):
+            pass
+
+    def health_checks(self, idp: IdP) -> list[HealthCheck]:
+        checks: list[HealthCheck] = []
+        names: dict[str, str] = {}
+        for plugin, check in self._lists("register_health_checks", idp=idp):
+            if check.name in names:
+                raise PluginError(
+                    f"plugin {plugin!r}: health check {check.name!r} is already registered "
+                    f"by {names[check.name]!r}"
+                )
+            names[check.name] = plugin
+            checks.append(check)
+        return checks
+
+    def background_tasks(self, idp: IdP) -> list[BackgroundTask]:
+        from agentidp_server.background import BackgroundTask
+
+        return [
+            BackgroundTask(task.name, task.run, plugin)
+            for plugin, task in self._lists("register_background_tasks", idp=idp)
+        ]
+
+    def commands(self, cli: click.Group) -> None:
+        for _ in self._call("register_commands", cli=cli):
+            pass
+
+    # Serving ---------------------------------------------------------------
+
+    def lifespans(self, idp: IdP) -> list[tuple[str, AbstractAsyncContextManager[None]]]:
+        return [(plugin, cm) for plugin, cm in self._call("lifespan", idp=idp) if cm is not None]
+
+    async def token_claims(self, idp: IdP, context: Mapping[str, Any]) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        owners: dict[str, str] = {}
+        for plugin, function, argnames in self._impls("token_claims"):
+            kwargs = {"idp": idp, "context": context}
+            try:
+                claims = await await_me_maybe(function(**{n: kwargs[n] for n in argnames}))
+            except Exception as error:
+                raise PluginError(f"plugin {plugin!r} failed in token_claims: {error}") from error
+            for name, value in (claims or {}).items():
+                if name in REGISTERED_CLAIMS:
+                    raise PluginError(f"plugin {plugin!r} may not set the registered claim {name!r}")
+                if name in extra:
+                    raise PluginError(
+                        f"plugin {plugin!r}: claim {name!r} is already set by {owners[name]!r}"
+                    )
+                extra[name], owners[name] = value, plugin
+        return extra
+
+    async def discovery_metadata(self, idp: IdP) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for plugin, function, argnames in self._impls("discovery_metadata"):
+            kwargs = {"idp": idp}
+            try:
+                fields = await await_me_maybe(function(**{n: kwargs[n] for n in argnames}))
+            except Exception:
+                log.exception("plugin %s failed in discovery_metadata", plugin)
+                continue
+            for name, value in (fields or {}).items():
+                if isinstance(value, list) and isinstance(merged.get(name), list):
+                    merged[name] = merged[name] + [v for v in value if v not in merged[name]]
+                elif name in merged and merged[name] != value:
+                    log.error("plugin %s: discovery field %s clashes; ignored", plugin, name)
+                else:
+                    merged[name] = value
+        return merged
+
+    async def audit_event(self, idp: IdP, event: Mapping[str, Any]) -> None:
+        for plugin, function, argnames in self._impls("audit_event"):
+            kwargs = {"idp": idp, "event": event}
+            try:
+                await await_me_maybe(function(**{n: kwargs[n] for n in argnames}))
+            except Exception:
+                # One plugin's failure must not stop delivery to the others.
+                log.exception("plugin %s failed handling audit event %s", plugin, event.get("seq"))

@@ -1,0 +1,292 @@
+"""Settings: Dynaconf environments, the runbook's variable names, and validation."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dynaconf import Dynaconf
+from dynaconf.utils.parse_conf import parse_conf_data
+
+ENV_SWITCHER = "AGENTIDP_ENV"
+ENV_PREFIX = "AGENTIDP"
+ENVIRONMENTS = ("development", "test", "production")
+
+
+class SettingsError(Exception):
+    """Settings that cannot start a server; one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its key, default, type and what it is for.
+
+    The same declarations feed Dynaconf's defaults, validation and the README's
+    configuration table, so the three cannot drift apart.
+    """
+
+    key: str
+    default: Any
+    description: str
+    type: type | tuple[type, ...] = str
+    check: Callable[[Any], str | None] | None = None
+    secret: bool = False
+    choices: tuple[Any, ...] = field(default=())
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        expected = self.type if isinstance(self.type, tuple) else (self.type,)
+        # bool is an int subclass; "PORT=true" must not pass as a port
+        if isinstance(value, bool) and bool not in expected:
+            return f"{self.key} must be {_type_name(self.type)}, got {value!r}"
+        if not isinstance(value, expected):
+            return f"{self.key} must be {_type_name(self.type)}, got {value!r}"
+        if self.choices and value not in self.choices:
+            options = ", ".join(str(c) for c in self.choices)
+            return f"{self.key} must be one of {options}, got {value!r}"
+        if self.check is not None:
+            message = self.check(value)
+            if message:
+                return f"{self.key} {message}"
+        return None
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    if isinstance(t, tuple):
+        return " or ".join(names.get(x, x.__name__) for x in t)
+    return names.get(t, t.__name__)
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be greater than 0, got {value!r}"
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 < value < 65536 else f"must be between 1 and 65535, got {value!r}"
+
+
+def _url(*schemes: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value == "":
+            return None
+        scheme = value.split(":", 1)[0].lower()
+        if "://" not in value or scheme not in schemes:
+            return f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+        return None
+
+    return check
+
+
+def _http_url(value: Any) -> str | None:
+    if value == "":
+        return None
+    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
+        return "must be an http(s) URL without query or fragment, e.g. https://idp.example.com"
+    return None
+
+
+KERNEL_SETTINGS: tuple[Setting, ...] = (
+    Setting("PORT", 3000, "TCP port the server binds", int, _port),
+    Setting("HOST", "0.0.0.0", "Address the server binds"),  # noqa: S104
+    Setting(
+        "ISSUER",
+        "",
+        "Public base URL of this server (`iss` of every token); "
+        "empty means `http://localhost:<PORT>`",
+        str,
+        _http_url,
+    ),
+    Setting(
+        "DATABASE_URL",
+        "",
+        "PostgreSQL URL (`postgresql://...`); empty in development means the embedded SQLite",
+        str,
+        _url("postgresql", "postgres", "sqlite"),
+        secret=True,
+    ),
+    Setting(
+        "REDIS_URL",
+        "",
+        "Redis URL (`redis://` or `rediss://`); empty in development means in-process memory",
+        str,
+        _url("redis", "rediss", "unix", "memory"),
+        secret=True,
+    ),
+    Setting("DATA_DIR", "./.agentidp", "Where the embedded SQLite database lives"),
+    Setting("WORKERS", 1, "Worker processes `agentidp serve` supervises", int, _positive),
+    Setting(
+        "GRACEFUL_TIMEOUT",
+        30.0,
+        "Seconds in-flight requests get to finish after SIGTERM",
+        (int, float),
+        _positive,
+    ),
+    Setting(
+        "MIGRATE_ON_START",
+        False,
+        "Apply pending migrations when the server starts (on in development)",
+        bool,
+    ),
+    Setting("DB_POOL_MIN_SIZE", 1, "Minimum PostgreSQL connections per worker", int),
+    Setting("DB_POOL_MAX_SIZE", 10, "Maximum PostgreSQL connections per worker", int, _positive),
+    Setting(
+        "DB_ACQUIRE_TIMEOUT",
+        5.0,
+        "Seconds a request waits for a database connection before answering 503",
+        (int, float),
+        _positive,
+    ),
+    Setting(
+        "DB_STATEMENT_TIMEOUT",
+        10.0,
+        "Seconds one SQL statement may run before it is cancelled (503)",
+        (int, float),
+        _positive,
+    ),
+    Setting(
+        "REDIS_TIMEOUT",
+        2.0,
+        "Seconds one Redis command (or connect) may take before it fails",
+        (int, float),
+        _positive,
+    ),
+    Setting("REDIS_KEY_PREFIX", "", "Prefix for every Redis key (empty keeps the runbook's keys)"),
+    Setting(
+        "HEALTH_CHECK_TIMEOUT",
+        2.0,
+        "Seconds each readiness check may take",
+        (int, float),
+        _positive,
+    ),
+    Setting(
+        "SHUTDOWN_TASK_TIMEOUT",
+        5.0,
+        "Seconds background tasks get to stop at shutdown",
+        (int, float),
+        _positive,
+    ),
+    Setting(
+        "CORS_ORIGIN",
+        "",
+        "Comma-separated browser origins allowed to call the API (e.g. the portal)",
+    ),
+    Setting("LOG_LEVEL", "INFO", "Log level", str, None, choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    Setting(
+        "LOG_FORMAT",
+        "text",
+        "`json` (one object per line) or `text`",
+        str,
+        None,
+        choices=("json", "text"),
+    ),
+    Setting("ACCESS_LOG", True, "Write one access line per request", bool),
+    Setting("RATE_LIMIT_WINDOW_MS", 60000, "Rate-limit window in milliseconds", int, _positive),
+)
+
+# The runbook's production requirements, worded as its error lines.
+REQUIRED_IN_PRODUCTION = {
+    "DATABASE_URL": "DATABASE_URL environment variable is required",
+    "REDIS_URL": "REDIS_URL environment variable is required",
+}
+
+
+def _settings_file() -> Path | None:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "config" / "settings.toml", here.parent / "config" / "settings.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    env: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    settings_file: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load settings for one environment.
+
+    Order (later wins): built-in defaults, `config/settings.toml` ([default] then
+    the current environment's section), the runbook's plain variable names
+    (`DATABASE_URL`), `AGENTIDP_`-prefixed variables, then `overrides`.
+    """
+    environ = os.environ if environ is None else environ
+    env = (env or environ.get(ENV_SWITCHER) or "development").lower()
+    files = [str(settings_file)] if settings_file else []
+    if not files and (found := _settings_file()):
+        files = [str(found)]
+    extra = environ.get("AGENTIDP_SETTINGS_FILE")
+    if extra:
+        files.append(extra)
+    settings = Dynaconf(
+        envvar_prefix=ENV_PREFIX,
+        settings_files=files,
+        environments=True,
+        env=env,
+        env_switcher=ENV_SWITCHER,
+        # A developer's .env must not leak into test runs (PITFALLS.md).
+        load_dotenv=env != "test" and environ is os.environ,
+        merge_enabled=False,
+    )
+    if environ is not os.environ:
+        # Dynaconf read os.environ for AGENTIDP_*; a caller-supplied environ replaces that.
+        for key, value in environ.items():
+            if key.startswith(ENV_PREFIX + "_") and key != ENV_SWITCHER:
+                settings.set(key[len(ENV_PREFIX) + 1 :], parse_conf_data(value, tomlfy=True))
+    settings.set("ENV", env)
+    settings.set("_ENVIRON", dict(environ))
+    settings.set("_OVERRIDES", dict(overrides or {}))
+    apply_defaults(settings, KERNEL_SETTINGS)
+    for key, value in (overrides or {}).items():
+        settings.set(key, value)
+    return settings
+
+
+def apply_defaults(settings: Any, specs: Iterable[Setting]) -> None:
+    """Give each declared key its default, then the plain and prefixed variables."""
+    environ: Mapping[str, str] = settings.get("_ENVIRON", {})
+    overrides: Mapping[str, Any] = settings.get("_OVERRIDES", {})
+    for spec in specs:
+        if settings.get(spec.key) is None:
+            settings.set(spec.key, spec.default)
+        apply_environment(settings, spec.key, environ, overrides)
+
+
+def apply_environment(
+    settings: Any, key: str, environ: Mapping[str, str], overrides: Mapping[str, Any]
+) -> None:
+    """The runbook's unprefixed name works; the `AGENTIDP_` name and overrides win over it."""
+    if key in overrides:
+        settings.set(key, overrides[key])
+    elif f"{ENV_PREFIX}_{key}" in environ:
+        settings.set(key, parse_conf_data(environ[f"{ENV_PREFIX}_{key}"], tomlfy=True))
+    elif key in environ:
+        settings.set(key, parse_conf_data(environ[key], tomlfy=True))
+
+
+def validate(settings: Any, specs: Iterable[Setting]) -> list[str]:
+    """Return one line per problem, in the order the settings were declared."""
+    problems = [p for spec in specs if (p := spec.problem(settings.get(spec.key))) is not None]
+    if settings.ENV == "production":
+        problems.extend(
+            message
+            for key, message in REQUIRED_IN_PRODUCTION.items()
+            if not settings.get(key)
+        )
+    return problems
+
+
+def issuer(settings: Any) -> str:
+    """The public base URL, without a trailing slash."""
+    value: str = settings.get("ISSUER") or f"http://localhost:{settings.PORT}"
+    return value.rstrip("/")

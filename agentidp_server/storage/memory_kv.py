@@ -1,0 +1,93 @@
+"""In-process kv: the embedded default. One process only; nothing survives a restart."""
+
+from __future__ import annotations
+
+import time
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MemoryKV:
+    description = "in-process memory"
+
+    def __init__(self, prefix: str = "") -> None:
+        self._prefix = prefix
+        self._values: dict[str, str] = {}
+        self._expiry: dict[str, int] = {}
+        self._ops = 0
+
+    def _live(self, key: str) -> bool:
+        deadline = self._expiry.get(key)
+        if deadline is not None and deadline <= _now_ms():
+            self._values.pop(key, None)
+            self._expiry.pop(key, None)
+        self._ops += 1
+        if self._ops % 10_000 == 0:
+            self._sweep()
+        return key in self._values
+
+    def _sweep(self) -> None:
+        now = _now_ms()
+        for key in [k for k, d in self._expiry.items() if d <= now]:
+            self._values.pop(key, None)
+            self._expiry.pop(key, None)
+
+    async def get(self, key: str) -> str | None:
+        key = self._prefix + key
+        return self._values[key] if self._live(key) else None
+
+    async def set(self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False) -> bool:
+        key = self._prefix + key
+        if nx and self._live(key):
+            return False
+        self._values[key] = value
+        if ttl_ms is not None:
+            self._expiry[key] = _now_ms() + ttl_ms
+        else:
+            self._expiry.pop(key, None)
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        count = 0
+        for key in keys:
+            key = self._prefix + key
+            if self._live(key):
+                count += 1
+            self._values.pop(key, None)
+            self._expiry.pop(key, None)
+        return count
+
+    async def exists(self, key: str) -> bool:
+        return self._live(self._prefix + key)
+
+    async def incr(
+        self, key: str, *, ttl_ms: int | None = None, expire_at_ms: int | None = None
+    ) -> int:
+        key = self._prefix + key
+        if not self._live(key):
+            self._values[key] = "0"
+            if ttl_ms is not None:
+                self._expiry[key] = _now_ms() + ttl_ms
+            elif expire_at_ms is not None:
+                self._expiry[key] = expire_at_ms
+        try:
+            value = int(self._values[key]) + 1
+        except ValueError as error:
+            raise ValueError("value is not an integer or out of range") from error
+        self._values[key] = str(value)
+        return value
+
+    async def pttl(self, key: str) -> int | None:
+        key = self._prefix + key
+        if not self._live(key) or key not in self._expiry:
+            return None
+        return max(self._expiry[key] - _now_ms(), 0)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._values.clear()
+        self._expiry.clear()

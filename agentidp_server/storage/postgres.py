@@ -1,0 +1,190 @@
+"""PostgreSQL adapter (asyncpg), with bounded acquire and statement timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from agentidp_server.storage.db import QueryObserver, Row, operation_of
+from agentidp_server.storage.errors import Conflict, StorageUnavailable
+
+# Errors that mean "the database is not answering", not "your SQL is wrong".
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+_CONFLICT = (asyncpg.exceptions.IntegrityConstraintViolationError,)
+
+
+def _translate(error: BaseException) -> Exception:
+    if isinstance(error, _CONFLICT):
+        return Conflict(str(error))
+    if isinstance(error, asyncio.TimeoutError):
+        return StorageUnavailable("database", "timed out")
+    return StorageUnavailable("database", type(error).__name__)
+
+
+def _rows_affected(status: str) -> int:
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class PostgresConnection:
+    dialect = "postgresql"
+
+    def __init__(self, conn: Any, observer: QueryObserver | None) -> None:
+        self._conn = conn
+        self._observer = observer
+
+    async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        started = time.perf_counter()
+        try:
+            return await getattr(self._conn, method)(sql, *args)
+        except (*_UNAVAILABLE, *_CONFLICT) as error:
+            raise _translate(error) from error
+        finally:
+            if self._observer is not None:
+                self._observer(operation_of(sql), time.perf_counter() - started)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in await self._run("fetch", sql, args)]
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row = await self._run("fetchrow", sql, args)
+        return dict(row) if row is not None else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._run("fetchval", sql, args)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return _rows_affected(await self._run("execute", sql, args))
+
+    async def execute_script(self, sql: str) -> None:
+        # asyncpg runs a multi-statement script when given no arguments.
+        await self._run("execute", sql, ())
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(
+        self, pool: Any, acquire_timeout: float, observer: QueryObserver | None, description: str
+    ) -> None:
+        self._pool = pool
+        self._acquire_timeout = acquire_timeout
+        self._observer = observer
+        self._waiting = 0
+        self.description = description
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        min_size: int,
+        max_size: int,
+        acquire_timeout: float,
+        statement_timeout: float,
+        observer: QueryObserver | None,
+    ) -> PostgresDatabase:
+        parts = urlsplit(url)
+        description = f"PostgreSQL at {parts.hostname or 'localhost'}:{parts.port or 5432}"
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                # min_size=0 would defer the first connect to the first request;
+                # connecting at start surfaces a wrong URL at once.
+                min_size=min_size,
+                max_size=max_size,
+                timeout=acquire_timeout,
+                command_timeout=statement_timeout,
+                server_settings={"statement_timeout": str(int(statement_timeout * 1000))},
+            )
+        except _UNAVAILABLE as error:
+            raise _translate(error) from error
+        return cls(pool, acquire_timeout, observer, description)
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Any]:
+        self._waiting += 1
+        try:
+            conn = await self._pool.acquire(timeout=self._acquire_timeout)
+        except _UNAVAILABLE as error:
+            raise _translate(error) from error
+        finally:
+            self._waiting -= 1
+        try:
+            yield conn
+        finally:
+            await self._pool.release(conn)
+
+    async def _one(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        async with self._acquire() as conn:
+            return await getattr(PostgresConnection(conn, self._observer), method)(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        result: list[Row] = await self._one("fetch", sql, args)
+        return result
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        result: Row | None = await self._one("fetchrow", sql, args)
+        return result
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._one("fetchval", sql, args)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        result: int = await self._one("execute", sql, args)
+        return result
+
+    @asynccontextmanager
+    async def transaction(self, *, exclusive_lock: int | None = None) -> AsyncIterator[PostgresConnection]:
+        async with self._acquire() as conn:
+            try:
+                tx = conn.transaction()
+                await tx.start()
+            except _UNAVAILABLE as error:
+                raise _translate(error) from error
+            wrapped = PostgresConnection(conn, self._observer)
+            try:
+                if exclusive_lock is not None:
+                    await wrapped.execute("SELECT pg_advisory_xact_lock($1)", exclusive_lock)
+                yield wrapped
+            except BaseException:
+                try:
+                    await tx.rollback()
+                except _UNAVAILABLE:
+                    pass
+                raise
+            else:
+                try:
+                    await tx.commit()
+                except (*_UNAVAILABLE, *_CONFLICT) as error:
+                    raise _translate(error) from error
+
+    async def ping(self) -> None:
+        await self.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout=self._acquire_timeout)
+        except (asyncio.TimeoutError, *_UNAVAILABLE):
+            self._pool.terminate()
+
+    def pool_stats(self) -> tuple[int, int]:
+        in_use = self._pool.get_size() - self._pool.get_idle_size()
+        return in_use, self._waiting
+

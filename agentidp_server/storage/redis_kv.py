@@ -1,0 +1,113 @@
+"""Redis adapter (redis.asyncio) with bounded command and connect timeouts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.storage.kv import CommandObserver
+
+T = TypeVar("T")
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+# INCR and its expiry in one step, so a crash between them cannot leave a
+# counter that never expires.
+_INCR_EXPIRE = """
+local value = redis.call('INCR', KEYS[1])
+if value == 1 then
+  if ARGV[1] == 'px' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  elseif ARGV[1] == 'pxat' then
+    redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+  end
+end
+return value
+"""
+
+
+class RedisKV:
+    def __init__(self, client: Any, prefix: str, observer: CommandObserver | None, description: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._observer = observer
+        self._incr = client.register_script(_INCR_EXPIRE)
+        self.description = description
+
+    @classmethod
+    async def open(
+        cls, url: str, *, timeout: float, prefix: str, observer: CommandObserver | None
+    ) -> RedisKV:
+        parts = urlsplit(url)
+        description = f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+        # redis-py waits forever by default (PITFALLS.md): bound every command.
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=10,
+            decode_responses=True,
+            retry_on_timeout=False,
+        )
+        return cls(client, prefix, observer, description)
+
+    async def _call(self, command: str, call: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call()
+        except _UNAVAILABLE as error:
+            raise StorageUnavailable("kv", type(error).__name__) from error
+        finally:
+            if self._observer is not None:
+                self._observer(command, time.perf_counter() - started)
+
+    def _k(self, key: str) -> str:
+        return self._prefix + key
+
+    async def get(self, key: str) -> str | None:
+        value: str | None = await self._call("get", lambda: self._client.get(self._k(key)))
+        return value
+
+    async def set(self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False) -> bool:
+        result = await self._call(
+            "set", lambda: self._client.set(self._k(key), value, px=ttl_ms, nx=nx)
+        )
+        return bool(result)
+
+    async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        count: int = await self._call("del", lambda: self._client.delete(*map(self._k, keys)))
+        return count
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._call("exists", lambda: self._client.exists(self._k(key))))
+
+    async def incr(
+        self, key: str, *, ttl_ms: int | None = None, expire_at_ms: int | None = None
+    ) -> int:
+        if ttl_ms is not None:
+            args: list[Any] = ["px", ttl_ms]
+        elif expire_at_ms is not None:
+            args = ["pxat", expire_at_ms]
+        else:
+            args = ["none", 0]
+        value = await self._call("incr", lambda: self._incr(keys=[self._k(key)], args=args))
+        return int(value)
+
+    async def pttl(self, key: str) -> int | None:
+        value: int = await self._call("pttl", lambda: self._client.pttl(self._k(key)))
+        return value if value >= 0 else None
+
+    async def ping(self) -> None:
+        await self._call("ping", self._client.ping)
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -57,5 +57,7 @@ class TaskSupervisor:
         if self._running:
             _, pending = await asyncio.wait(self._running, timeout=timeout)
             for task in pending:
-                log.warning("background task %s did not stop within %.1f s", task.get_name(), timeout)
+                log.warning(
+                    "background task %s did not stop within %.1f s", task.get_name(), timeout
+                )
         self._running = []

@@ -34,7 +34,7 @@ async def live() -> Response:
 async def _run(check: HealthCheck, timeout: float) -> str | None:
     try:
         await asyncio.wait_for(check.check(), timeout=timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return f"no answer within {timeout:g} s"
     except Exception as error:
         return str(error) or type(error).__name__
@@ -50,9 +50,11 @@ async def ready() -> tuple[Response, int]:
     timeout = float(idp.settings.HEALTH_CHECK_TIMEOUT)
     results = await asyncio.gather(*(_run(c, timeout) for c in checks))
     failing = {c.name: r for c, r in zip(checks, results, strict=True) if r is not None}
-    body = {
+    body: dict[str, object] = {
         "status": "unavailable" if failing else "ok",
-        "checks": {c.name: ("ok" if r is None else "failing") for c, r in zip(checks, results, strict=True)},
+        "checks": {
+            c.name: ("ok" if r is None else "failing") for c, r in zip(checks, results, strict=True)
+        },
     }
     if failing:
         body["failing"] = sorted(failing)

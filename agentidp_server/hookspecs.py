@@ -1,3 +1,4 @@
+# mypy: disable-error-code="empty-body"
 """The plugin contract: every hook AgentIdP calls, in the order it calls them.
 
 A plugin is a module (or object) with functions marked `@hookimpl`, published
@@ -149,7 +150,9 @@ def lifespan(idp: IdP) -> AbstractAsyncContextManager[None] | None:
 
 
 @hookspec
-def token_claims(idp: IdP, context: Mapping[str, Any]) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
+def token_claims(
+    idp: IdP, context: Mapping[str, Any]
+) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
     """Return extra claims for an access token being issued.
 
     `context` holds the agent, the client, the grant type and the claims so

@@ -66,7 +66,9 @@ def install(app: Quart, settings: Any) -> None:
     async def unavailable(error: StorageUnavailable) -> Response:
         log.error("%s", error)
         response = jsonify(
-            error_body("SERVICE_UNAVAILABLE", f"the {error.component} is not answering; retry later")
+            error_body(
+                "SERVICE_UNAVAILABLE", f"the {error.component} is not answering; retry later"
+            )
         )
         response.status_code = 503
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)

@@ -17,8 +17,13 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # Last line of defence: values that look like secrets are masked even if a
 # message or exception text carries them by mistake.
 _SECRET_PATTERNS = (
-    (re.compile(r"(?i)(client_secret|password|secret|assertion|token|authorization)"
-                r"([\"']?\s*[=:]\s*[\"']?)([^\s&\"',}]+)"), r"\1\2[redacted]"),
+    (
+        re.compile(
+            r"(?i)(client_secret|password|secret|assertion|token|authorization)"
+            r"([\"']?\s*[=:]\s*[\"']?)([^\s&\"',}]+)"
+        ),
+        r"\1\2[redacted]",
+    ),
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
     (re.compile(r"(?i)(\w+://[^:/\s@]*:)[^@\s]+@"), r"\1[redacted]@"),
@@ -42,7 +47,9 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname.lower(),
             "message": redact(record.getMessage()),
             "logger": record.name,

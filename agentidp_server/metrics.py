@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.openmetrics import exposition as openmetrics
 from quart import Blueprint, Response, g, request
 
@@ -23,7 +29,10 @@ async def metrics() -> Response:
 
     registry = current_idp().registry
     if "application/openmetrics-text" in request.headers.get("Accept", ""):
-        return Response(openmetrics.generate_latest(registry), content_type=openmetrics.CONTENT_TYPE_LATEST)
+        return Response(
+            openmetrics.generate_latest(registry),  # type: ignore[no-untyped-call]
+            content_type=openmetrics.CONTENT_TYPE_LATEST,
+        )
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
@@ -32,7 +41,9 @@ def route_label() -> str:
     rule = request.url_rule
     if rule is None:
         return "unmatched"
-    return rule.rule.replace("<", "{").replace(">", "}").replace("{string:", "{").replace("{int:", "{")
+    return (
+        rule.rule.replace("<", "{").replace(">", "}").replace("{string:", "{").replace("{int:", "{")
+    )
 
 
 @hookimpl
@@ -43,7 +54,10 @@ def register_blueprints() -> list[Blueprint]:
 @hookimpl
 def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
     requests = Counter(
-        "agentidp_http_requests_total", "HTTP requests", ["method", "route", "status_code"], registry=registry
+        "agentidp_http_requests_total",
+        "HTTP requests",
+        ["method", "route", "status_code"],
+        registry=registry,
     )
     duration = Histogram(
         "agentidp_http_request_duration_seconds",
@@ -52,10 +66,16 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         registry=registry,
     )
     queries = Histogram(
-        "agentidp_db_query_duration_seconds", "Database query duration", ["operation"], registry=registry
+        "agentidp_db_query_duration_seconds",
+        "Database query duration",
+        ["operation"],
+        registry=registry,
     )
     commands = Histogram(
-        "agentidp_redis_command_duration_seconds", "Redis command duration", ["command"], registry=registry
+        "agentidp_redis_command_duration_seconds",
+        "Redis command duration",
+        ["command"],
+        registry=registry,
     )
     idp.query_observer = lambda operation, seconds: queries.labels(operation).observe(seconds)
     idp.command_observer = lambda command, seconds: commands.labels(command).observe(seconds)

@@ -88,7 +88,9 @@ class MigrationStatus:
 
 
 async def _applied(conn: Connection) -> dict[tuple[str, str], tuple[str, int]]:
-    rows = await conn.fetch("SELECT migration_set, name, checksum, applied_at FROM schema_migrations")
+    rows = await conn.fetch(
+        "SELECT migration_set, name, checksum, applied_at FROM schema_migrations"
+    )
     return {(r["migration_set"], r["name"]): (r["checksum"], r["applied_at"]) for r in rows}
 
 
@@ -151,7 +153,9 @@ async def status(db: Database, sets: list[MigrationSet]) -> list[MigrationStatus
         applied = await _applied(conn)
     _verify(sets, db.dialect, applied)
     return [
-        MigrationStatus(m.migration_set, m.name, applied.get((m.migration_set, m.name), ("", None))[1])
+        MigrationStatus(
+            m.migration_set, m.name, applied.get((m.migration_set, m.name), ("", None))[1]
+        )
         for s in sets
         for m in s.migrations(db.dialect)
     ]

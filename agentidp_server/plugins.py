@@ -86,7 +86,9 @@ def load_plugins(settings: Any) -> Hooks:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for module_name in KERNEL_PLUGINS:
-        pm.register(importlib.import_module(module_name), name=f"{CORE}:{module_name.rsplit('.', 1)[-1]}")
+        pm.register(
+            importlib.import_module(module_name), name=f"{CORE}:{module_name.rsplit('.', 1)[-1]}"
+        )
     infos: list[PluginInfo] = []
     seen: dict[str, str] = {}
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -163,7 +165,9 @@ class Hooks:
         specs: list[tuple[str, Setting]] = []
         for plugin, spec in self._lists("register_settings"):
             if not isinstance(spec, Setting):
-                raise PluginError(f"plugin {plugin!r}: register_settings must return Setting objects")
+                raise PluginError(
+                    f"plugin {plugin!r}: register_settings must return Setting objects"
+                )
             if plugin != CORE and not spec.key.startswith(f"{plugin.upper()}_"):
                 raise PluginError(
                     f"plugin {plugin!r}: setting {spec.key} must start with {plugin.upper()}_"
@@ -248,7 +252,9 @@ class Hooks:
                 raise PluginError(f"plugin {plugin!r} failed in token_claims: {error}") from error
             for name, value in (claims or {}).items():
                 if name in REGISTERED_CLAIMS:
-                    raise PluginError(f"plugin {plugin!r} may not set the registered claim {name!r}")
+                    raise PluginError(
+                        f"plugin {plugin!r} may not set the registered claim {name!r}"
+                    )
                 if name in extra:
                     raise PluginError(
                         f"plugin {plugin!r}: claim {name!r} is already set by {owners[name]!r}"

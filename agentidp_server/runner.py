@@ -17,8 +17,8 @@ from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 from hypercorn.asyncio.run import worker_serve
-from hypercorn.utils import wrap_app
 from hypercorn.config import Config, Sockets
+from hypercorn.utils import wrap_app
 
 from agentidp_server.logs import configure_logging
 
@@ -100,7 +100,8 @@ def _worker(overrides: dict[str, Any], sockets: Sockets, shutdown: EventType, re
         event = asyncio.Event()
 
         async def watch() -> None:
-            while not shutdown.is_set():
+            # a multiprocessing Event cannot be awaited; poll it
+            while not shutdown.is_set():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
             event.set()
 
@@ -135,7 +136,9 @@ def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     processes = [
-        ctx.Process(target=_worker, args=(overrides, sockets, shutdown, ready), name=f"agentidp-worker-{i}")
+        ctx.Process(
+            target=_worker, args=(overrides, sockets, shutdown, ready), name=f"agentidp-worker-{i}"
+        )
         for i in range(workers)
     ]
     for process in processes:

@@ -180,7 +180,9 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         "",
         "Comma-separated browser origins allowed to call the API (e.g. the portal)",
     ),
-    Setting("LOG_LEVEL", "INFO", "Log level", str, None, choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    Setting(
+        "LOG_LEVEL", "INFO", "Log level", str, None, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    ),
     Setting(
         "LOG_FORMAT",
         "text",
@@ -279,9 +281,7 @@ def validate(settings: Any, specs: Iterable[Setting]) -> list[str]:
     problems = [p for spec in specs if (p := spec.problem(settings.get(spec.key))) is not None]
     if settings.ENV == "production":
         problems.extend(
-            message
-            for key, message in REQUIRED_IN_PRODUCTION.items()
-            if not settings.get(key)
+            message for key, message in REQUIRED_IN_PRODUCTION.items() if not settings.get(key)
         )
     return problems
 

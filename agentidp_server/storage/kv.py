@@ -14,7 +14,9 @@ class KV(Protocol):
     description: str
 
     async def get(self, key: str) -> str | None: ...
-    async def set(self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False) -> bool:
+    async def set(
+        self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False
+    ) -> bool:
         """Store a value; with `nx`, only if the key is absent. True if it was stored."""
         ...
 

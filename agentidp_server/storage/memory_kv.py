@@ -38,7 +38,9 @@ class MemoryKV:
         key = self._prefix + key
         return self._values[key] if self._live(key) else None
 
-    async def set(self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False) -> bool:
+    async def set(
+        self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False
+    ) -> bool:
         key = self._prefix + key
         if nx and self._live(key):
             return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -151,7 +151,9 @@ class PostgresDatabase:
         return result
 
     @asynccontextmanager
-    async def transaction(self, *, exclusive_lock: int | None = None) -> AsyncIterator[PostgresConnection]:
+    async def transaction(
+        self, *, exclusive_lock: int | None = None
+    ) -> AsyncIterator[PostgresConnection]:
         async with self._acquire() as conn:
             try:
                 tx = conn.transaction()
@@ -164,10 +166,8 @@ class PostgresDatabase:
                     await wrapped.execute("SELECT pg_advisory_xact_lock($1)", exclusive_lock)
                 yield wrapped
             except BaseException:
-                try:
+                with suppress(*_UNAVAILABLE):
                     await tx.rollback()
-                except _UNAVAILABLE:
-                    pass
                 raise
             else:
                 try:
@@ -181,10 +181,9 @@ class PostgresDatabase:
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self._pool.close(), timeout=self._acquire_timeout)
-        except (asyncio.TimeoutError, *_UNAVAILABLE):
+        except (TimeoutError, *_UNAVAILABLE):
             self._pool.terminate()
 
     def pool_stats(self) -> tuple[int, int]:
         in_use = self._pool.get_size() - self._pool.get_idle_size()
         return in_use, self._waiting
-

@@ -34,7 +34,9 @@ return value
 
 
 class RedisKV:
-    def __init__(self, client: Any, prefix: str, observer: CommandObserver | None, description: str) -> None:
+    def __init__(
+        self, client: Any, prefix: str, observer: CommandObserver | None, description: str
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._observer = observer
@@ -75,7 +77,9 @@ class RedisKV:
         value: str | None = await self._call("get", lambda: self._client.get(self._k(key)))
         return value
 
-    async def set(self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False) -> bool:
+    async def set(
+        self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False
+    ) -> bool:
         result = await self._call(
             "set", lambda: self._client.set(self._k(key), value, px=ttl_ms, nx=nx)
         )

@@ -116,7 +116,7 @@ class SQLiteDatabase:
         self._waiting += 1
         try:
             await asyncio.wait_for(self._lock.acquire(), timeout=self._timeout)
-        except asyncio.TimeoutError as error:
+        except TimeoutError as error:
             raise StorageUnavailable("database", "timed out waiting for the connection") from error
         finally:
             self._waiting -= 1
@@ -142,7 +142,9 @@ class SQLiteDatabase:
             return await conn.execute(sql, *args)
 
     @asynccontextmanager
-    async def transaction(self, *, exclusive_lock: int | None = None) -> AsyncIterator[SQLiteConnection]:
+    async def transaction(
+        self, *, exclusive_lock: int | None = None
+    ) -> AsyncIterator[SQLiteConnection]:
         # SQLite has one writer: BEGIN IMMEDIATE takes the database's write lock,
         # which serialises every holder, so `exclusive_lock` needs no more.
         async with self._locked() as conn:

@@ -1,16 +1,29 @@
-"""The kernel's own settings and migrations, registered through the plugin hooks."""
+"""The kernel's own capabilities, registered through the plugin hooks."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import click
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from quart import Blueprint
+
+from agentidp_server.agents import ADMIN_SCOPES
+from agentidp_server.background import BackgroundTask
 from agentidp_server.hookspecs import hookimpl
+from agentidp_server.ids import now_ms
 from agentidp_server.migrations import MigrationSet
 from agentidp_server.settings import KERNEL_SETTINGS, Setting
 
 if TYPE_CHECKING:
+    from agentidp_server.grants import GrantType
     from agentidp_server.idp import IdP
+
+EXPIRING_WINDOW_MS = 7 * 24 * 3600 * 1000
 
 
 def _migrations_dir() -> Path:
@@ -27,3 +40,81 @@ def register_settings() -> list[Setting]:
 @hookimpl
 def register_migrations(idp: IdP) -> list[MigrationSet]:
     return [MigrationSet("core", _migrations_dir())]
+
+
+@hookimpl
+def register_blueprints(idp: IdP) -> list[Blueprint]:
+    from agentidp_server.api import agents, credentials
+    from agentidp_server.oauth import endpoints
+
+    idp.state.setdefault("core", {})["scopes_supported"] = list(ADMIN_SCOPES)
+    return [endpoints.blueprint, agents.blueprint, credentials.blueprint]
+
+
+@hookimpl
+def register_grant_types(idp: IdP) -> list[GrantType]:
+    from agentidp_server.oauth.client_credentials import ClientCredentialsGrant
+
+    return [ClientCredentialsGrant()]
+
+
+@hookimpl
+def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
+    state = idp.state.setdefault("core", {})
+    state["tokens_issued"] = Counter(
+        "agentidp_tokens_issued_total", "OAuth 2.0 tokens issued", ["scope"], registry=registry
+    )
+    state["agents_registered"] = Counter(
+        "agentidp_agents_registered_total",
+        "Agents registered",
+        ["deployment_env"],
+        registry=registry,
+    )
+    state["credentials_expiring"] = Gauge(
+        "agentidp_credentials_expiring_soon_total",
+        "Credentials expiring within 7 days",
+        registry=registry,
+        multiprocess_mode="max",
+    )
+
+
+@hookimpl
+def lifespan(idp: IdP) -> AsyncIterator[None]:
+    @asynccontextmanager
+    async def keys_loaded() -> AsyncIterator[None]:
+        await idp.keys.load(idp.db)
+        yield
+
+    return keys_loaded()  # type: ignore[return-value]
+
+
+async def refresh_expiring(idp: IdP) -> None:
+    now = now_ms()
+    count = await idp.db.fetchval(
+        "SELECT COUNT(*) FROM credentials WHERE status = 'active' "
+        "AND expires_at > $1 AND expires_at <= $2",
+        now,
+        now + EXPIRING_WINDOW_MS,
+    )
+    idp.state["core"]["credentials_expiring"].set(int(count or 0))
+
+
+@hookimpl
+def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
+    async def keys() -> None:
+        await idp.keys.refresh_forever(idp.db)
+
+    async def expiring() -> None:
+        while True:
+            await refresh_expiring(idp)
+            await asyncio.sleep(60)
+
+    return [BackgroundTask("keys-refresh", keys), BackgroundTask("credentials-expiring", expiring)]
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from agentidp_server.cli import keys, orgs
+
+    cli.add_command(orgs.orgs)
+    cli.add_command(keys.keys)

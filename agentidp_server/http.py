@@ -28,6 +28,19 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "message": message, "request_id": g.get("request_id")}
 
 
+class ApiError(Exception):
+    """A management API error: status, stable code and a message safe to show."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
 def _code(name: str) -> str:
     return re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
 
@@ -55,6 +68,14 @@ def install(app: Quart, settings: Any) -> None:
         for name, value in error.get_headers():
             if name.lower() != "content-type":
                 response.headers[name] = value
+        return response
+
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> Response:
+        response = jsonify(error_body(error.code, error.message))
+        response.status_code = error.status
+        for name, value in error.headers.items():
+            response.headers[name] = value
         return response
 
     @app.errorhandler(UnicodeDecodeError)

@@ -44,6 +44,11 @@ class IdP:
         self._kv: KV | None = None
         self.query_observer: QueryObserver | None = None
         self.command_observer: CommandObserver | None = None
+        from agentidp_server.keys import Keyring
+        from agentidp_server.oauth.rfc9068 import TokenService
+
+        self.keys = Keyring(settings)
+        self.tokens = TokenService(self)
 
     @property
     def issuer(self) -> str:

@@ -16,14 +16,23 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 # Last line of defence: values that look like secrets are masked even if a
 # message or exception text carries them by mistake.
-_SECRET_PATTERNS = (
-    (
-        re.compile(
-            r"(?i)(client_secret|password|secret|assertion|token|authorization)"
-            r"([\"']?\s*[=:]\s*[\"']?)([^\s&\"',}]+)"
-        ),
-        r"\1\2[redacted]",
-    ),
+_KEY_VALUE = re.compile(
+    r"(?i)(client_secret|password|secret|assertion|token|authorization)"
+    r"([\"']?\s*[=:]\s*)"
+    # A quoted value up to its closing quote (spaces included), or a bare one; an
+    # auth scheme ("Authorization: Bearer <token>") belongs to the value after it.
+    r"(\"[^\"]*\"|'[^']*'|(?:(?:bearer|basic|dpop)\s+)?[^\s&\"',}]+)"
+)
+
+
+def _mask_value(match: re.Match[str]) -> str:
+    value = match.group(3)
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{match.group(1)}{match.group(2)}{quote}[redacted]{quote}"
+
+
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
+    (_KEY_VALUE, _mask_value),
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
     (re.compile(r"(?i)(\w+://[^:/\s@]*:)[^@\s]+@"), r"\1[redacted]@"),

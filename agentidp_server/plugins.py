@@ -40,7 +40,20 @@ KERNEL_PLUGINS = (
 )
 # Claims a plugin may never set (RFC 9068 §2.2, RFC 8693 §4.1).
 REGISTERED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope", "client_id", "org_id", "act"}
+    {
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "scope",
+        "client_id",
+        "org_id",
+        "act",
+        "credential_id",
+    }
 )
 _TRUE = {"1", "true", "yes", "on"}
 

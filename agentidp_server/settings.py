@@ -45,14 +45,16 @@ class Setting:
         if value is None:
             return None
         expected = self.type if isinstance(self.type, tuple) else (self.type,)
+        # A secret's value never appears in a problem line (they reach stderr and logs).
+        got = "" if self.secret else f", got {value!r}"
         # bool is an int subclass; "PORT=true" must not pass as a port
         if isinstance(value, bool) and bool not in expected:
-            return f"{self.key} must be {_type_name(self.type)}, got {value!r}"
+            return f"{self.key} must be {_type_name(self.type)}{got}"
         if not isinstance(value, expected):
-            return f"{self.key} must be {_type_name(self.type)}, got {value!r}"
+            return f"{self.key} must be {_type_name(self.type)}{got}"
         if self.choices and value not in self.choices:
             options = ", ".join(str(c) for c in self.choices)
-            return f"{self.key} must be one of {options}, got {value!r}"
+            return f"{self.key} must be one of {options}{got}"
         if self.check is not None:
             message = self.check(value)
             if message:
@@ -192,10 +194,58 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         choices=("json", "text"),
     ),
     Setting("ACCESS_LOG", True, "Write one access line per request", bool),
+    Setting(
+        "JWT_PRIVATE_KEY",
+        "",
+        "PEM private key that signs tokens (RSA, EC P-256 or Ed25519); empty uses the key store",
+        secret=True,
+    ),
+    Setting("JWT_PUBLIC_KEY", "", "PEM public half of JWT_PRIVATE_KEY (checked to match)"),
+    Setting(
+        "JWT_ALGORITHM",
+        "RS256",
+        "Algorithm of keys the key store generates",
+        str,
+        None,
+        choices=("RS256", "ES256", "EdDSA"),
+    ),
+    Setting(
+        "KEY_STORE_SECRET",
+        "",
+        "Secret that encrypts the key store's private keys (required in production "
+        "unless JWT_PRIVATE_KEY is set)",
+        secret=True,
+    ),
+    Setting(
+        "KEY_ACTIVATION_DELAY",
+        300,
+        "Seconds a rotated key is published before it signs",
+        (int, float),
+    ),
+    Setting(
+        "KEYS_REFRESH_INTERVAL",
+        30,
+        "Seconds between reloads of the key store in each worker",
+        (int, float),
+        _positive,
+    ),
+    Setting("ACCESS_TOKEN_TTL", 900, "Access-token lifetime in seconds", int, _positive),
+    Setting(
+        "DEFAULT_AUDIENCE",
+        "",
+        "`aud` of tokens requested without `resource`; empty means the ISSUER",
+    ),
+    Setting(
+        "CREDENTIAL_PEPPER",
+        "",
+        "Secret key of the HMAC that stores client secrets (required in production)",
+        secret=True,
+    ),
     Setting("RATE_LIMIT_WINDOW_MS", 60000, "Rate-limit window in milliseconds", int, _positive),
 )
 
 # The runbook's production requirements, worded as its error lines.
+JWT_KEYS_REQUIRED = "JWT_PRIVATE_KEY and JWT_PUBLIC_KEY environment variables are required"
 REQUIRED_IN_PRODUCTION = {
     "DATABASE_URL": "DATABASE_URL environment variable is required",
     "REDIS_URL": "REDIS_URL environment variable is required",
@@ -230,6 +280,9 @@ def load_settings(
     extra = environ.get("AGENTIDP_SETTINGS_FILE")
     if extra:
         files.append(extra)
+    # Dynaconf's env loader reads os.environ: a caller-supplied environ replaces it
+    # (otherwise a developer's exported AGENTIDP_* variables leak into tests).
+    isolated: dict[str, Any] = {} if environ is os.environ else {"loaders": []}
     settings = Dynaconf(
         envvar_prefix=ENV_PREFIX,
         settings_files=files,
@@ -239,9 +292,9 @@ def load_settings(
         # A developer's .env must not leak into test runs (PITFALLS.md).
         load_dotenv=env != "test" and environ is os.environ,
         merge_enabled=False,
+        **isolated,
     )
     if environ is not os.environ:
-        # Dynaconf read os.environ for AGENTIDP_*; a caller-supplied environ replaces that.
         for key, value in environ.items():
             if key.startswith(ENV_PREFIX + "_") and key != ENV_SWITCHER:
                 settings.set(key[len(ENV_PREFIX) + 1 :], parse_conf_data(value, tomlfy=True))
@@ -261,19 +314,30 @@ def apply_defaults(settings: Any, specs: Iterable[Setting]) -> None:
     for spec in specs:
         if settings.get(spec.key) is None:
             settings.set(spec.key, spec.default)
-        apply_environment(settings, spec.key, environ, overrides)
+        apply_environment(settings, spec.key, environ, overrides, text=spec.type is str)
 
 
 def apply_environment(
-    settings: Any, key: str, environ: Mapping[str, str], overrides: Mapping[str, Any]
+    settings: Any,
+    key: str,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    *,
+    text: bool = False,
 ) -> None:
-    """The runbook's unprefixed name works; the `AGENTIDP_` name and overrides win over it."""
+    """The runbook's unprefixed name works; the `AGENTIDP_` name and overrides win over it.
+
+    With `text`, the variable's value is kept as written (a prefix "2024" or an
+    all-digit secret stays a string instead of being parsed into a number).
+    """
     if key in overrides:
         settings.set(key, overrides[key])
-    elif f"{ENV_PREFIX}_{key}" in environ:
-        settings.set(key, parse_conf_data(environ[f"{ENV_PREFIX}_{key}"], tomlfy=True))
-    elif key in environ:
-        settings.set(key, parse_conf_data(environ[key], tomlfy=True))
+        return
+    for name in (f"{ENV_PREFIX}_{key}", key):
+        if name in environ:
+            raw = environ[name]
+            settings.set(key, raw if text else parse_conf_data(raw, tomlfy=True))
+            return
 
 
 def validate(settings: Any, specs: Iterable[Setting]) -> list[str]:

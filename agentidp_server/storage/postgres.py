@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -35,6 +36,15 @@ def _translate(error: BaseException) -> Exception:
     if isinstance(error, asyncio.TimeoutError):
         return StorageUnavailable("database", "timed out")
     return StorageUnavailable("database", type(error).__name__)
+
+
+# String literals and quoted identifiers (kept), or comments (dropped).
+_COMMENT = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*")|--[^\n]*|/\*.*?\*/""", re.DOTALL)
+
+
+def _has_statements(script: str) -> bool:
+    code = _COMMENT.sub(lambda m: m.group(1) or " ", script)
+    return bool(code.strip(" \t\r\n;"))
 
 
 def _rows_affected(status: str) -> int:
@@ -73,6 +83,10 @@ class PostgresConnection:
         return _rows_affected(await self._run("execute", sql, args))
 
     async def execute_script(self, sql: str) -> None:
+        # asyncpg fails on a script without statements (an empty query has no
+        # status): a comments-only migration is a no-op, as on SQLite.
+        if not _has_statements(sql):
+            return
         # asyncpg runs a multi-statement script when given no arguments.
         await self._run("execute", sql, ())
 

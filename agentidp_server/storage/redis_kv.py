@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentidp_server.storage.errors import StorageUnavailable
@@ -103,7 +104,13 @@ class RedisKV:
             args = ["pxat", expire_at_ms]
         else:
             args = ["none", 0]
-        value = await self._call("incr", lambda: self._incr(keys=[self._k(key)], args=args))
+        try:
+            value = await self._call("incr", lambda: self._incr(keys=[self._k(key)], args=args))
+        except ResponseError as error:
+            # The same error as the memory adapter's, not a Redis-specific one.
+            if "not an integer" in str(error):
+                raise ValueError("value is not an integer or out of range") from error
+            raise
         return int(value)
 
     async def pttl(self, key: str) -> int | None:

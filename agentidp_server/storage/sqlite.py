@@ -19,11 +19,16 @@ import aiosqlite
 from agentidp_server.storage.db import QueryObserver, Row, operation_of
 from agentidp_server.storage.errors import Conflict, StorageUnavailable
 
-_PLACEHOLDER = re.compile(r"\$(\d+)")
+# `$n` outside string literals, quoted identifiers and comments (group 1 keeps those as is).
+_PLACEHOLDER = re.compile(
+    r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/)|\$(\d+)""", re.DOTALL
+)
 
 
 def _sqlite_sql(sql: str) -> str:
-    return _PLACEHOLDER.sub(r"?\1", sql)
+    return _PLACEHOLDER.sub(
+        lambda m: m.group(1) if m.group(1) is not None else f"?{m.group(2)}", sql
+    )
 
 
 def split_script(script: str) -> list[str]:
@@ -80,7 +85,8 @@ class SQLiteConnection:
 
     async def execute(self, sql: str, *args: Any) -> int:
         cursor = await self._cursor(sql, args)
-        return int(cursor.rowcount) if cursor.rowcount is not None else 0
+        # sqlite3 says -1 for statements that change no rows (DDL)
+        return max(int(cursor.rowcount), 0) if cursor.rowcount is not None else 0
 
     async def execute_script(self, sql: str) -> None:
         for statement in split_script(sql):

@@ -1,0 +1,227 @@
+"""Agents: registration, listing, status changes. Every query is scoped to one org."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from agentidp_server.ids import new_client_id, new_id, now_ms, valid_scopes
+from agentidp_server.storage.db import Connection, Database, Row
+
+STATUSES = ("active", "suspended", "decommissioned")
+# The organisation admin client's scopes: the whole management API.
+ADMIN_SCOPES = (
+    "agents:read",
+    "agents:write",
+    "credentials:read",
+    "credentials:write",
+    "tokens:revoke",
+    "audit:read",
+)
+_FIELDS = "agent_id, org_id, client_id, kind, name, description, owner, deployment_env, scopes, metadata, status, created_at, updated_at"  # noqa: E501
+
+
+class AgentError(ValueError):
+    """Bad input for an agent; the message is safe to show."""
+
+
+def _row(row: Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    agent = dict(row)
+    agent["scopes"] = json.loads(agent["scopes"])
+    agent["metadata"] = json.loads(agent["metadata"])
+    return agent
+
+
+def validate_fields(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    """Check the writable fields of an agent; AgentError names the first bad one."""
+    allowed = {"name", "description", "owner", "deployment_env", "scopes", "metadata", "status"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise AgentError(f"unknown field(s): {', '.join(unknown)}")
+    if not partial:
+        for required in ("name", "deployment_env"):
+            if required not in data:
+                raise AgentError(f"{required} is required")
+    for key in ("name", "description", "owner", "deployment_env"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, str) or (
+                key in ("name", "deployment_env") and not value.strip()
+            ):
+                raise AgentError(f"{key} must be a non-empty string")
+            if len(value) > 1000:
+                raise AgentError(f"{key} is longer than 1000 characters")
+    if "scopes" in data and not valid_scopes(data["scopes"]):
+        raise AgentError("scopes must be a list of RFC 6749 scope tokens")
+    if "metadata" in data and not isinstance(data["metadata"], dict):
+        raise AgentError("metadata must be a JSON object")
+    if "status" in data and data["status"] not in ("active", "suspended"):
+        raise AgentError("status must be active or suspended (DELETE decommissions)")
+    return data
+
+
+async def create_agent(
+    conn: Connection | Database, org_id: str, data: dict[str, Any], *, kind: str = "agent"
+) -> dict[str, Any]:
+    validate_fields(data, partial=False)
+    now = now_ms()
+    agent = {
+        "agent_id": new_id(),
+        "org_id": org_id,
+        "client_id": new_client_id(),
+        "kind": kind,
+        "name": data["name"].strip(),
+        "description": data.get("description", ""),
+        "owner": data.get("owner", ""),
+        "deployment_env": data["deployment_env"].strip(),
+        "scopes": sorted(set(data.get("scopes", []))),
+        "metadata": data.get("metadata", {}),
+        "status": "active",
+        "created_at": now,
+        "updated_at": now,
+    }
+    await conn.execute(
+        f"INSERT INTO agents ({_FIELDS}) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        *[
+            json.dumps(agent[k]) if k in ("scopes", "metadata") else agent[k]
+            for k in _FIELDS.replace(" ", "").split(",")
+        ],
+    )
+    return agent
+
+
+async def get_agent(db: Connection | Database, org_id: str, agent_id: str) -> dict[str, Any] | None:
+    """The agent if it belongs to `org_id`; another org's agent is None (404)."""
+    return _row(
+        await db.fetchrow(
+            f"SELECT {_FIELDS} FROM agents WHERE agent_id = $1 AND org_id = $2 AND kind = 'agent'",
+            agent_id,
+            org_id,
+        )
+    )
+
+
+async def get_by_client_id(db: Connection | Database, client_id: str) -> dict[str, Any] | None:
+    return _row(await db.fetchrow(f"SELECT {_FIELDS} FROM agents WHERE client_id = $1", client_id))
+
+
+async def get_by_id(db: Connection | Database, agent_id: str) -> dict[str, Any] | None:
+    return _row(await db.fetchrow(f"SELECT {_FIELDS} FROM agents WHERE agent_id = $1", agent_id))
+
+
+def encode_cursor(agent_id: str) -> str:
+    return base64.urlsafe_b64encode(agent_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as error:
+        raise AgentError("cursor is not valid") from error
+
+
+async def list_agents(
+    db: Database,
+    org_id: str,
+    *,
+    status: str | None = None,
+    deployment_env: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page ordered by agent_id (keyset pagination), and the next cursor."""
+    where = ["org_id = $1", "kind = 'agent'"]
+    args: list[Any] = [org_id]
+    if status is not None:
+        if status not in STATUSES:
+            raise AgentError(f"status must be one of {', '.join(STATUSES)}")
+        args.append(status)
+        where.append(f"status = ${len(args)}")
+    if deployment_env is not None:
+        args.append(deployment_env)
+        where.append(f"deployment_env = ${len(args)}")
+    if cursor:
+        args.append(decode_cursor(cursor))
+        where.append(f"agent_id > ${len(args)}")
+    args.append(limit + 1)
+    rows = await db.fetch(
+        f"SELECT {_FIELDS} FROM agents WHERE {' AND '.join(where)} "
+        f"ORDER BY agent_id LIMIT ${len(args)}",
+        *args,
+    )
+    agents = [a for a in map(_row, rows[:limit]) if a is not None]
+    next_cursor = encode_cursor(agents[-1]["agent_id"]) if len(rows) > limit else None
+    return agents, next_cursor
+
+
+async def update_agent(
+    conn: Connection, org_id: str, agent_id: str, patch: dict[str, Any]
+) -> dict[str, Any] | None:
+    validate_fields(patch, partial=True)
+    current = await get_agent(conn, org_id, agent_id)
+    if current is None:
+        return None
+    if current["status"] == "decommissioned":
+        raise AgentError("a decommissioned agent cannot be changed")
+    merged = {**current, **patch, "updated_at": now_ms()}
+    if "scopes" in patch:
+        merged["scopes"] = sorted(set(patch["scopes"]))
+    await conn.execute(
+        "UPDATE agents SET name = $1, description = $2, owner = $3, deployment_env = $4, "
+        "scopes = $5, metadata = $6, status = $7, updated_at = $8 "
+        "WHERE agent_id = $9 AND org_id = $10",
+        merged["name"],
+        merged["description"],
+        merged["owner"],
+        merged["deployment_env"],
+        json.dumps(merged["scopes"]),
+        json.dumps(merged["metadata"]),
+        merged["status"],
+        merged["updated_at"],
+        agent_id,
+        org_id,
+    )
+    return merged
+
+
+async def decommission_agent(conn: Connection, org_id: str, agent_id: str) -> bool:
+    """Soft delete: the row stays (audit, DID deactivation); credentials are revoked."""
+    now = now_ms()
+    changed = await conn.execute(
+        "UPDATE agents SET status = 'decommissioned', updated_at = $1 "
+        "WHERE agent_id = $2 AND org_id = $3 AND kind = 'agent'",
+        now,
+        agent_id,
+        org_id,
+    )
+    if changed:
+        await conn.execute(
+            "UPDATE credentials SET status = 'revoked', revoked_at = $1 "
+            "WHERE agent_id = $2 AND status = 'active'",
+            now,
+            agent_id,
+        )
+    return changed > 0
+
+
+def public_view(agent: dict[str, Any]) -> dict[str, Any]:
+    from agentidp_server.ids import iso
+
+    return {
+        "agent_id": agent["agent_id"],
+        "org_id": agent["org_id"],
+        "client_id": agent["client_id"],
+        "name": agent["name"],
+        "description": agent["description"],
+        "owner": agent["owner"],
+        "deployment_env": agent["deployment_env"],
+        "scopes": agent["scopes"],
+        "metadata": agent["metadata"],
+        "status": agent["status"],
+        "created_at": iso(agent["created_at"]),
+        "updated_at": iso(agent["updated_at"]),
+    }

@@ -1,0 +1,1 @@
+"""The management API (JSON, bearer tokens from this server, scoped per organisation)."""

@@ -1,0 +1,99 @@
+"""`/api/v1/agents`: register, list, read, change and decommission agents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from agentidp_server import agents
+from agentidp_server.api.auth import ApiError, json_body, principal_org, require_scope
+from agentidp_server.idp import current_idp
+
+blueprint = Blueprint("agents", __name__)
+
+
+def _bad(error: ValueError) -> ApiError:
+    return ApiError(400, "VALIDATION_ERROR", str(error))
+
+
+async def agent_or_404(agent_id: str) -> dict[str, Any]:
+    agent = await agents.get_agent(current_idp().db, principal_org(), agent_id)
+    if agent is None:
+        raise ApiError(404, "NOT_FOUND", "agent not found")
+    return agent
+
+
+@blueprint.post("/api/v1/agents")
+@require_scope("agents:write")
+async def create() -> tuple[Response, int]:
+    idp = current_idp()
+    data = await json_body()
+    try:
+        async with idp.db.transaction() as conn:
+            agent = await agents.create_agent(conn, principal_org(), data)
+    except agents.AgentError as error:
+        raise _bad(error) from None
+    counter = idp.state["core"].get("agents_registered")
+    if counter is not None:
+        counter.labels(agent["deployment_env"]).inc()
+    return jsonify(agents.public_view(agent)), 201
+
+
+@blueprint.get("/api/v1/agents")
+@require_scope("agents:read")
+async def list_() -> Response:
+    args = request.args
+    try:
+        limit = int(args.get("limit", "50"))
+    except ValueError:
+        raise ApiError(400, "VALIDATION_ERROR", "limit must be an integer") from None
+    if not 1 <= limit <= 200:
+        raise ApiError(400, "VALIDATION_ERROR", "limit must be between 1 and 200")
+    try:
+        page, cursor = await agents.list_agents(
+            current_idp().db,
+            principal_org(),
+            status=args.get("status"),
+            deployment_env=args.get("deployment_env"),
+            cursor=args.get("cursor"),
+            limit=limit,
+        )
+    except agents.AgentError as error:
+        raise _bad(error) from None
+    return jsonify(data=[agents.public_view(a) for a in page], next_cursor=cursor)
+
+
+@blueprint.get("/api/v1/agents/<agent_id>")
+@require_scope("agents:read")
+async def read(agent_id: str) -> Response:
+    return jsonify(agents.public_view(await agent_or_404(agent_id)))
+
+
+@blueprint.patch("/api/v1/agents/<agent_id>")
+@require_scope("agents:write")
+async def update(agent_id: str) -> Response:
+    idp = current_idp()
+    patch = await json_body()
+    try:
+        async with idp.db.transaction() as conn:
+            agent = await agents.update_agent(conn, principal_org(), agent_id, patch)
+    except agents.AgentError as error:
+        raise ApiError(
+            409 if "decommissioned" in str(error) else 400,
+            "CONFLICT" if "decommissioned" in str(error) else "VALIDATION_ERROR",
+            str(error),
+        ) from None
+    if agent is None:
+        raise ApiError(404, "NOT_FOUND", "agent not found")
+    return jsonify(agents.public_view(agent))
+
+
+@blueprint.delete("/api/v1/agents/<agent_id>")
+@require_scope("agents:write")
+async def delete(agent_id: str) -> Response:
+    idp = current_idp()
+    await agent_or_404(agent_id)
+    async with idp.db.transaction() as conn:
+        await agents.decommission_agent(conn, principal_org(), agent_id)
+    return Response(status=204)

@@ -1,0 +1,71 @@
+"""Bearer-token authentication and scope checks for the management API."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from quart import g, request
+
+from agentidp_server.http import ApiError
+from agentidp_server.idp import current_idp
+from agentidp_server.oauth.rfc9068 import InvalidToken
+
+# ApiError is re-exported for the route modules.
+__all__ = ["ApiError", "json_body", "principal_org", "require_scope"]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _unauthorized(message: str) -> ApiError:
+    # RFC 6750 §3: a 401 names the Bearer scheme.
+    return ApiError(401, "UNAUTHORIZED", message, {"WWW-Authenticate": 'Bearer realm="agentidp"'})
+
+
+def require_scope(scope: str) -> Callable[[F], F]:
+    """Accept a valid access token of this server carrying `scope`; sets `g.principal`."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            if header[:7].lower() != "bearer " or not header[7:].strip():
+                raise _unauthorized("Authorization header with a Bearer token is required")
+            try:
+                claims = await current_idp().tokens.verify(header[7:].strip())
+            except InvalidToken as error:
+                raise _unauthorized(str(error)) from None
+            if scope not in str(claims.get("scope", "")).split():
+                raise ApiError(
+                    403,
+                    "FORBIDDEN",
+                    f"the token lacks the {scope} scope",
+                    {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+                )
+            g.principal = claims
+            return await view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def principal_org() -> str:
+    return str(g.principal["org_id"])
+
+
+async def json_body() -> dict[str, Any]:
+    """The request's JSON object, or 400 with what is wrong."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
+    raw: bytes = await request.get_data(as_text=False)  # type: ignore[assignment]
+    import json
+
+    try:
+        data = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "BAD_REQUEST", "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "BAD_REQUEST", "request body must be a JSON object")
+    return data

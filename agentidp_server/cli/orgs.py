@@ -1,0 +1,54 @@
+"""`agentidp orgs create`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import click
+
+from agentidp_server import agents, credentials, tenants
+from agentidp_server.cli import open_idp
+
+
+@click.group()
+def orgs() -> None:
+    """Organisations (tenants)."""
+
+
+@orgs.command("create")
+@click.argument("name")
+@click.option("--tier", type=click.Choice(tenants.TIERS), default="free", show_default=True)
+def create(name: str, tier: str) -> None:
+    """Create an organisation and print its admin client as JSON (the secret is shown once)."""
+
+    async def main() -> dict[str, str]:
+        async with open_idp() as idp, idp.db.transaction() as conn:
+            org = await tenants.create_org(conn, name, tier)
+            admin = await agents.create_agent(
+                conn,
+                org["org_id"],
+                {
+                    "name": f"{name} admin",
+                    "description": "organisation admin client (management API)",
+                    "deployment_env": "admin",
+                    "scopes": list(agents.ADMIN_SCOPES),
+                },
+                kind="admin",
+            )
+            secret = await credentials.create_secret(
+                conn, admin, idp.settings.CREDENTIAL_PEPPER, None
+            )
+        return {
+            "org_id": org["org_id"],
+            "name": org["name"],
+            "tier": org["tier"],
+            "client_id": secret["client_id"],
+            "client_secret": secret["client_secret"],
+        }
+
+    try:
+        result = asyncio.run(main())
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(json.dumps(result))

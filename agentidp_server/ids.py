@@ -1,0 +1,63 @@
+"""Identifiers, secrets and times used across the kernel."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_client_id() -> str:
+    # Lower-case hex: one canonical spelling per client (rate-limit buckets key on it).
+    return secrets.token_hex(16)
+
+
+def new_secret() -> str:
+    """256 bits from the OS's random source."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(pepper: str, secret: str) -> str:
+    """A keyed hash: a full-entropy secret needs no slow password hash."""
+    return hmac.new(pepper.encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+def secret_matches(pepper: str, secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(pepper, secret), stored_hash)
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def parse_iso(value: str) -> int:
+    """An RFC 3339 time (with an offset or Z) as unix ms; ValueError otherwise."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("time must carry a UTC offset or Z")
+    return int(parsed.timestamp() * 1000)
+
+
+def valid_scopes(scopes: object) -> bool:
+    return isinstance(scopes, list) and all(
+        isinstance(s, str) and SCOPE_TOKEN.match(s) for s in scopes
+    )

@@ -1,0 +1,248 @@
+"""Signing keys: the PEM pair from settings, or a rotating store in the database.
+
+Rotation is staged so a rotation never turns a valid token invalid:
+a new key is published (JWKS) at once but signs only from `activates_at`
+(KEY_ACTIVATION_DELAY later, longer than KEYS_REFRESH_INTERVAL so every
+worker and every verifier's JWKS cache has it first); the key it supersedes
+stays published until every token it signed has expired. States are derived
+from those times, so every process agrees without coordination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from joserfc import jwk
+
+from agentidp_server.storage.db import Database, lock_key
+
+log = logging.getLogger("agentidp.keys")
+
+ALGORITHMS = ("RS256", "ES256", "EdDSA")
+Key = jwk.RSAKey | jwk.ECKey | jwk.OKPKey
+# Verifiers' clocks and JWKS caches lag a little; keep superseded keys this much longer.
+PUBLISH_MARGIN_MS = 60_000
+
+
+class KeyError_(Exception):
+    """A key cannot be loaded, generated or used."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def generate(alg: str) -> Key:
+    if alg == "RS256":
+        return jwk.RSAKey.generate_key(2048, private=True)
+    if alg == "ES256":
+        return jwk.ECKey.generate_key("P-256", private=True)
+    if alg == "EdDSA":
+        return jwk.OKPKey.generate_key("Ed25519", private=True)
+    raise KeyError_(f"unsupported signing algorithm {alg!r}; use one of {', '.join(ALGORITHMS)}")
+
+
+def algorithm_for(key: Key) -> str:
+    if isinstance(key, jwk.RSAKey):
+        return "RS256"
+    if isinstance(key, jwk.ECKey) and key.as_dict(private=False).get("crv") == "P-256":
+        return "ES256"
+    if isinstance(key, jwk.OKPKey) and key.as_dict(private=False).get("crv") == "Ed25519":
+        return "EdDSA"
+    raise KeyError_("signing keys must be RSA, EC P-256 or Ed25519")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    alg: str
+    key: Key
+    created_at: int
+    activates_at: int
+    revoked_at: int | None = None
+    superseded_at: int | None = None  # when the next key began signing
+    source: str = "store"
+
+    def public_jwk(self) -> dict[str, Any]:
+        data = dict(self.key.as_dict(private=False))
+        data.update(kid=self.kid, alg=self.alg, use="sig")
+        return data
+
+    def state(self, now: int, token_ttl_ms: int) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if now < self.activates_at:
+            return "published"
+        if self.superseded_at is None or now < self.superseded_at:
+            return "active"
+        if now < self.superseded_at + token_ttl_ms + PUBLISH_MARGIN_MS:
+            return "retired"
+        return "expired"
+
+
+def _fernet(secret: str) -> Fernet:
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"agentidp-keystore", info=b"v1")
+    return Fernet(base64.urlsafe_b64encode(derived.derive(secret.encode())))
+
+
+def _import(pem: str | bytes) -> Key:
+    data = pem.encode() if isinstance(pem, str) else pem
+    for key_type in ("RSA", "EC", "OKP"):
+        try:
+            key = jwk.import_key(data, key_type)  # type: ignore[arg-type]
+        except Exception:  # noqa: S112 - try the next key type
+            continue
+        return key  # type: ignore[return-value]
+    raise KeyError_("not a PEM RSA, EC or Ed25519 key")
+
+
+class Keyring:
+    """The keys this process signs and verifies with, refreshed from the store."""
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+        self._keys: list[SigningKey] = []
+        self._static = self._load_static()
+
+    @property
+    def token_ttl_ms(self) -> int:
+        return int(self._settings.ACCESS_TOKEN_TTL) * 1000
+
+    def _load_static(self) -> SigningKey | None:
+        private_pem = self._settings.JWT_PRIVATE_KEY
+        if not private_pem:
+            return None
+        key = _import(private_pem.replace("\\n", "\n"))
+        public_pem = self._settings.JWT_PUBLIC_KEY
+        if public_pem:
+            public = _import(public_pem.replace("\\n", "\n"))
+            if public.as_dict(private=False) != key.as_dict(private=False):
+                raise KeyError_("JWT_PUBLIC_KEY is not the public half of JWT_PRIVATE_KEY")
+        key.ensure_kid()
+        return SigningKey(str(key.kid), algorithm_for(key), key, 0, 0, source="settings")
+
+    @property
+    def uses_store(self) -> bool:
+        return self._static is None
+
+    async def load(self, db: Database) -> None:
+        """Read the store; with no key at all, create the first one (under a lock)."""
+        if self._static is not None:
+            self._keys = [self._static]
+            return
+        rows = await db.fetch("SELECT * FROM signing_keys ORDER BY activates_at, kid")
+        if not rows:
+            await self.rotate(db, delay_s=0, only_if_empty=True)
+            rows = await db.fetch("SELECT * FROM signing_keys ORDER BY activates_at, kid")
+        fernet = _fernet(self._settings.KEY_STORE_SECRET)
+        keys: list[SigningKey] = []
+        for row in rows:
+            try:
+                pem = fernet.decrypt(row["private_key"].encode())
+            except InvalidToken as error:
+                raise KeyError_(
+                    f"signing key {row['kid']} cannot be decrypted: KEY_STORE_SECRET differs "
+                    "from the one it was stored with"
+                ) from error
+            keys.append(
+                SigningKey(
+                    row["kid"],
+                    row["alg"],
+                    _import(pem),
+                    row["created_at"],
+                    row["activates_at"],
+                    row["revoked_at"],
+                )
+            )
+        # A key is superseded when the next key starts signing (revoked or not:
+        # revoking the newest key must not bring an older one back to signing).
+        superseded = {a.kid: b.activates_at for a, b in pairwise(keys)}
+        self._keys = [
+            SigningKey(
+                k.kid,
+                k.alg,
+                k.key,
+                k.created_at,
+                k.activates_at,
+                k.revoked_at,
+                superseded.get(k.kid),
+            )
+            for k in keys
+        ]
+
+    async def rotate(
+        self, db: Database, delay_s: float | None = None, *, only_if_empty: bool = False
+    ) -> SigningKey | None:
+        """Add a key that is published now and signs after the activation delay."""
+        if not self.uses_store:
+            raise KeyError_("keys come from JWT_PRIVATE_KEY; rotate them by changing the settings")
+        alg = self._settings.JWT_ALGORITHM
+        key = generate(alg)
+        key.ensure_kid()
+        now = _now_ms()
+        delay = self._settings.KEY_ACTIVATION_DELAY if delay_s is None else delay_s
+        pem = key.as_pem(private=True)
+        encrypted = _fernet(self._settings.KEY_STORE_SECRET).encrypt(pem).decode()
+        async with db.transaction(exclusive_lock=lock_key("signing_keys")) as conn:
+            if only_if_empty and await conn.fetchval("SELECT COUNT(*) FROM signing_keys"):
+                return None  # another process created the first key while we waited
+
+            await conn.execute(
+                "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at, "
+                "activates_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                key.kid,
+                alg,
+                json.dumps(key.as_dict(private=False)),
+                encrypted,
+                now,
+                now + int(delay * 1000),
+            )
+        log.info(
+            "Signing key %s (%s) added; it signs from %d", key.kid, alg, now + int(delay * 1000)
+        )
+        return SigningKey(str(key.kid), alg, key, now, now + int(delay * 1000))
+
+    async def revoke(self, db: Database, kid: str) -> bool:
+        count = await db.execute(
+            "UPDATE signing_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL",
+            _now_ms(),
+            kid,
+        )
+        return count > 0
+
+    def states(self, now: int | None = None) -> list[tuple[SigningKey, str]]:
+        now = _now_ms() if now is None else now
+        return [(k, k.state(now, self.token_ttl_ms)) for k in self._keys]
+
+    def signing_key(self) -> SigningKey:
+        active = [k for k, state in self.states() if state == "active"]
+        if not active:
+            raise KeyError_("no active signing key")
+        return active[-1]
+
+    def published(self) -> list[SigningKey]:
+        return [k for k, s in self.states() if s in ("published", "active", "retired")]
+
+    def verification_key(self, kid: str) -> SigningKey | None:
+        for key in self.published():
+            if key.kid == kid:
+                return key
+        return None
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.public_jwk() for k in self.published()]}
+
+    async def refresh_forever(self, db: Database) -> None:
+        while True:
+            await asyncio.sleep(float(self._settings.KEYS_REFRESH_INTERVAL))
+            await self.load(db)

@@ -1,0 +1,197 @@
+"""Client authentication at the token, introspection and revocation endpoints.
+
+client_secret_basic and client_secret_post: RFC 6749 §2.3.1.
+private_key_jwt: RFC 7523 §2.2 and §3 (with OpenID Connect Core §9's rules).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from joserfc import jwk, jwt
+from joserfc.errors import JoseError
+from quart import request
+
+from agentidp_server import agents, credentials
+from agentidp_server.idp import IdP
+from agentidp_server.ids import hash_secret
+from agentidp_server.oauth.errors import OAuthError, invalid_client
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+MAX_ASSERTION_LIFETIME = 600  # seconds; a longer-lived assertion is refused
+CLOCK_SKEW = 30
+# Hashed when the client is unknown so that path costs the same as a wrong secret.
+_DUMMY_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class Client:
+    agent: dict[str, Any]
+    credential_id: str
+    method: str
+
+    @property
+    def client_id(self) -> str:
+        return str(self.agent["client_id"])
+
+    @property
+    def org_id(self) -> str:
+        return str(self.agent["org_id"])
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.agent["kind"] == "admin")
+
+
+def _basic() -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    if header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise invalid_client(True) from None
+    if ":" not in decoded:
+        raise invalid_client(True)
+    client_id, secret = decoded.split(":", 1)
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+async def authenticate(idp: IdP, params: dict[str, str], endpoint: str) -> Client:
+    """Return the authenticated client or raise the single invalid_client answer."""
+    basic = _basic()
+    methods = [
+        name
+        for name, present in (
+            ("client_secret_basic", basic is not None),
+            ("client_secret_post", "client_secret" in params),
+            ("private_key_jwt", "client_assertion" in params or "client_assertion_type" in params),
+        )
+        if present
+    ]
+    if len(methods) > 1:
+        # RFC 6749 §2.3: a client MUST NOT use more than one method per request.
+        raise OAuthError("invalid_request", "use exactly one client authentication method")
+    if not methods:
+        raise OAuthError(
+            "invalid_client",
+            "client authentication is required",
+            401,
+            {"WWW-Authenticate": 'Basic realm="agentidp"'},
+        )
+    if basic is not None:
+        client_id, secret = basic
+        if params.get("client_id") not in (None, client_id):
+            raise OAuthError("invalid_request", "client_id does not match the Authorization header")
+        return await _by_secret(idp, client_id, secret, "client_secret_basic", used_basic=True)
+    if methods[0] == "client_secret_post":
+        return await _by_secret(
+            idp, params.get("client_id", ""), params["client_secret"], "client_secret_post", False
+        )
+    return await _by_assertion(idp, params, endpoint)
+
+
+async def _by_secret(
+    idp: IdP, client_id: str, secret: str, method: str, used_basic: bool
+) -> Client:
+    pepper = idp.settings.CREDENTIAL_PEPPER
+    agent = await agents.get_by_client_id(idp.db, client_id) if client_id else None
+    candidates = (
+        await credentials.usable(idp.db, agent["agent_id"], "client_secret") if agent else []
+    )
+    presented = hash_secret(pepper, secret)
+    matched: str | None = None
+    # Compare against every candidate (and a dummy when there is none) in constant time.
+    for candidate in candidates or [{"secret_hash": _DUMMY_HASH, "credential_id": None}]:
+        if hmac.compare_digest(presented, candidate["secret_hash"]) and matched is None:
+            matched = candidate["credential_id"]
+    if agent is None or matched is None or agent["status"] != "active":
+        raise invalid_client(used_basic)
+    return Client(agent, matched, method)
+
+
+def _header(token: str) -> dict[str, Any]:
+    try:
+        segment = token.split(".")[0]
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, IndexError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+async def _by_assertion(idp: IdP, params: dict[str, str], endpoint: str) -> Client:
+    if params.get("client_assertion_type") != JWT_BEARER:
+        raise OAuthError("invalid_request", f"client_assertion_type must be {JWT_BEARER}")
+    assertion = params.get("client_assertion", "")
+    header = _header(assertion)
+    alg = header.get("alg")
+    if alg not in ASSERTION_ALGORITHMS:
+        raise invalid_client(False)
+    try:
+        unverified = json.loads(
+            base64.urlsafe_b64decode(
+                assertion.split(".")[1] + "=" * (-len(assertion.split(".")[1]) % 4)
+            )
+        )
+    except (ValueError, IndexError):
+        raise invalid_client(False) from None
+    client_id = unverified.get("iss") if isinstance(unverified, dict) else None
+    if not isinstance(client_id, str) or params.get("client_id") not in (None, client_id):
+        raise invalid_client(False)
+    agent = await agents.get_by_client_id(idp.db, client_id)
+    if agent is None or agent["status"] != "active":
+        raise invalid_client(False)
+    keys = await credentials.usable(idp.db, agent["agent_id"], "private_key_jwt")
+    kid = header.get("kid")
+    candidates = [k for k in keys if kid is None or k["jwk_kid"] == kid]
+    claims: dict[str, Any] | None = None
+    matched: str | None = None
+    for candidate in candidates:
+        try:
+            key = jwk.import_key(json.loads(candidate["jwk"]))
+            token = jwt.decode(assertion, key, algorithms=[alg])
+        except (JoseError, ValueError):
+            continue
+        claims, matched = dict(token.claims), candidate["credential_id"]
+        break
+    if claims is None or matched is None:
+        raise invalid_client(False)
+    await _check_assertion_claims(idp, claims, client_id, endpoint)
+    return Client(agent, matched, "private_key_jwt")
+
+
+async def _check_assertion_claims(
+    idp: IdP, claims: dict[str, Any], client_id: str, endpoint: str
+) -> None:
+    now = time.time()
+    # RFC 7523 §3: iss and sub are the client_id; aud names this server.
+    if claims.get("iss") != client_id or claims.get("sub") != client_id:
+        raise invalid_client(False)
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    if not {idp.issuer, endpoint} & {a for a in audiences if isinstance(a, str)}:
+        raise invalid_client(False)
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or exp <= now - CLOCK_SKEW:
+        raise invalid_client(False)
+    if exp > now + MAX_ASSERTION_LIFETIME:
+        raise invalid_client(False)
+    nbf = claims.get("nbf")
+    if isinstance(nbf, int | float) and nbf > now + CLOCK_SKEW:
+        raise invalid_client(False)
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti or len(jti) > 256:
+        raise invalid_client(False)
+    # Single use within the assertion's lifetime (RFC 7523 §3 item 7).
+    ttl_ms = int((exp - now + CLOCK_SKEW) * 1000)
+    if not await idp.kv.set(f"assertion:{client_id}:{jti}", "1", ttl_ms=max(ttl_ms, 1000), nx=True):
+        raise invalid_client(False)

@@ -1,0 +1,58 @@
+"""The client credentials grant (RFC 6749 §4.4), with RFC 8707 resource indicators."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from agentidp_server.ids import SCOPE_TOKEN
+from agentidp_server.oauth.errors import OAuthError
+from agentidp_server.oauth.token_request import TokenRequest
+
+
+def requested_scopes(raw: str | None, allowed: list[str]) -> list[str]:
+    """RFC 6749 §3.3: a subset of the client's scopes; all of them by default."""
+    if raw is None:
+        return sorted(allowed)
+    scopes = raw.split(" ")
+    if not raw or any(not SCOPE_TOKEN.match(s) for s in scopes):
+        raise OAuthError("invalid_scope", "scope must be space-separated scope tokens")
+    unknown = sorted(set(scopes) - set(allowed))
+    if unknown:
+        raise OAuthError("invalid_scope", f"scope not allowed for this client: {' '.join(unknown)}")
+    return sorted(set(scopes))
+
+
+def resource_audience(raw: str | None, default: str) -> str:
+    """RFC 8707 §2: an absolute URI without a fragment becomes `aud`."""
+    if raw is None:
+        return default
+    parts = urlsplit(raw)
+    if not parts.scheme or not (parts.netloc or parts.path) or parts.fragment or "#" in raw:
+        raise OAuthError("invalid_target", "resource must be an absolute URI without a fragment")
+    return raw
+
+
+class ClientCredentialsGrant:
+    grant_type = "client_credentials"
+
+    async def issue(self, request: TokenRequest) -> dict[str, Any]:
+        client = request.client
+        scopes = requested_scopes(request.params.get("scope"), client.agent["scopes"])
+        audience = resource_audience(
+            request.params.get("resource"), request.idp.tokens.default_audience()
+        )
+        token, claims = await request.idp.tokens.mint(
+            agent=client.agent,
+            credential_id=client.credential_id,
+            client_id=client.client_id,
+            scopes=scopes,
+            audience=audience,
+            grant_type=self.grant_type,
+        )
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": claims["exp"] - claims["iat"],
+            "scope": claims["scope"],
+        }

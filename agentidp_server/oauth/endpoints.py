@@ -1,0 +1,146 @@
+"""Token (RFC 6749), introspection (RFC 7662), revocation (RFC 7009),
+metadata (RFC 8414) and JWKS endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Blueprint, Response
+
+from agentidp_server.idp import IdP, current_idp
+from agentidp_server.oauth.client_auth import ASSERTION_ALGORITHMS, authenticate
+from agentidp_server.oauth.errors import OAuthError
+from agentidp_server.oauth.params import read_params
+from agentidp_server.oauth.rfc9068 import InvalidToken
+from agentidp_server.oauth.token_request import TokenRequest
+
+blueprint = Blueprint("oauth", __name__)
+
+TOKEN_PATH = "/api/v1/token"  # noqa: S105 - a path, not a secret
+INTROSPECT_PATH = "/api/v1/token/introspect"
+REVOKE_PATH = "/api/v1/token/revoke"
+JWKS_PATH = "/.well-known/jwks.json"
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    response = Response(json.dumps(body), status=status, content_type="application/json")
+    # RFC 6749 §5.1: token responses are never cached.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@blueprint.errorhandler(OAuthError)
+async def oauth_error(error: OAuthError) -> Response:
+    return error.response()
+
+
+@blueprint.post(TOKEN_PATH)
+async def token() -> Response:
+    idp = current_idp()
+    params = await read_params()
+    client = await authenticate(idp, params, idp.issuer + TOKEN_PATH)
+    grant_type = params.get("grant_type")
+    if not grant_type:
+        raise OAuthError("invalid_request", "grant_type is required")
+    grants = idp.state["core"]["grant_types"]
+    grant = grants.get(grant_type)
+    if grant is None:
+        raise OAuthError("unsupported_grant_type", f"grant_type {grant_type} is not supported")
+    body = await grant.issue(TokenRequest(idp, client, params))
+    counter = idp.state["core"].get("tokens_issued")
+    if counter is not None:
+        counter.labels(body.get("scope", "")).inc()
+    return _json(body)
+
+
+@blueprint.post(INTROSPECT_PATH)
+async def introspect() -> Response:
+    idp = current_idp()
+    params = await read_params()
+    client = await authenticate(idp, params, idp.issuer + INTROSPECT_PATH)
+    token_value = params.get("token")
+    if not token_value:
+        raise OAuthError("invalid_request", "token is required")
+    try:
+        claims = await idp.tokens.verify(token_value)
+    except InvalidToken:
+        return _json({"active": False})
+    # Each tenant sees only its own tokens (RFC 7662 §2.2 lets us answer inactive).
+    if claims["org_id"] != client.org_id:
+        return _json({"active": False})
+    return _json({"active": True, "token_type": "Bearer", **claims})
+
+
+@blueprint.post(REVOKE_PATH)
+async def revoke() -> Response:
+    idp = current_idp()
+    params = await read_params()
+    client = await authenticate(idp, params, idp.issuer + REVOKE_PATH)
+    token_value = params.get("token")
+    if not token_value:
+        raise OAuthError("invalid_request", "token is required")
+    hint = params.get("token_type_hint")
+    if hint not in (None, "access_token", "refresh_token"):
+        raise OAuthError("unsupported_token_type", f"token_type_hint {hint} is not supported")
+    try:
+        claims = idp.tokens.verify_signature(token_value)
+    except InvalidToken:
+        # RFC 7009 §2.2: invalid, expired or unknown tokens are answered 200.
+        return _json({})
+    own = claims["client_id"] == client.client_id
+    org_admin = client.is_admin and claims["org_id"] == client.org_id
+    if not (own or org_admin):
+        raise OAuthError("unauthorized_client", "the token was not issued to this client")
+    await idp.tokens.revoke(claims)
+    return _json({})
+
+
+async def metadata(idp: IdP) -> dict[str, Any]:
+    """RFC 8414 §2 metadata; plugins add fields through the discovery_metadata hook."""
+    base = idp.issuer
+    grants = sorted(idp.state["core"]["grant_types"])
+    fields: dict[str, Any] = {
+        "issuer": base,
+        "token_endpoint": base + TOKEN_PATH,
+        "jwks_uri": base + JWKS_PATH,
+        "introspection_endpoint": base + INTROSPECT_PATH,
+        "revocation_endpoint": base + REVOKE_PATH,
+        "grant_types_supported": grants,
+        # No authorization endpoint: agents use grants that need no browser.
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+        "scopes_supported": list(idp.state["core"].get("scopes_supported", [])),
+        "access_token_signing_alg_values_supported": sorted({k.alg for k in idp.keys.published()}),
+    }
+    extra = await idp.hooks.discovery_metadata(idp)
+    for name, value in extra.items():
+        if name in fields and not isinstance(fields[name], list):
+            continue  # a plugin cannot redefine the kernel's scalar fields
+        if isinstance(value, list) and isinstance(fields.get(name), list):
+            fields[name] = fields[name] + [v for v in value if v not in fields[name]]
+        else:
+            fields[name] = value
+    return fields
+
+
+@blueprint.get("/.well-known/oauth-authorization-server")
+async def discovery() -> Response:
+    response = Response(json.dumps(await metadata(current_idp())), content_type="application/json")
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@blueprint.get(JWKS_PATH)
+async def jwks() -> Response:
+    response = Response(json.dumps(current_idp().keys.jwks()), content_type="application/json")
+    # Short enough that a rotated key is fetched well before it signs.
+    response.headers["Cache-Control"] = "public, max-age=60"
+    return response

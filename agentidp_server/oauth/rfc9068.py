@@ -1,0 +1,186 @@
+"""JWT access tokens (RFC 9068): minting, verification, status and revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from contextlib import suppress
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from agentidp_server import agents, credentials
+from agentidp_server.idp import IdP
+from agentidp_server.ids import new_id, now_ms
+from agentidp_server.storage.errors import Conflict, StorageUnavailable
+
+log = logging.getLogger("agentidp.tokens")
+
+TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068 media type
+SIGNATURE_INVALID = "Token signature is invalid"
+# Present while the kv holds every durable revocation; absent after a flush or restart.
+SYNC_MARKER = "agentidp:revocations-synced"
+
+
+class InvalidToken(Exception):
+    """The token cannot be accepted; the message is safe to show."""
+
+
+def _segment(part: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+class TokenService:
+    def __init__(self, idp: IdP) -> None:
+        self.idp = idp
+        self._resync: asyncio.Task[None] | None = None
+
+    @property
+    def ttl(self) -> int:
+        return int(self.idp.settings.ACCESS_TOKEN_TTL)
+
+    def default_audience(self) -> str:
+        return str(self.idp.settings.DEFAULT_AUDIENCE or self.idp.issuer)
+
+    async def mint(
+        self,
+        *,
+        agent: dict[str, Any],
+        credential_id: str,
+        client_id: str,
+        scopes: list[str],
+        audience: str | list[str],
+        grant_type: str,
+        extra: dict[str, Any] | None = None,
+        lifetime: int | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        key = self.idp.keys.signing_key()
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.idp.issuer,
+            "sub": agent["agent_id"],
+            "aud": audience,
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+            "jti": new_id(),
+            "iat": now,
+            "exp": now + (lifetime if lifetime is not None else self.ttl),
+            "org_id": agent["org_id"],
+            "credential_id": credential_id,
+        }
+        claims.update(extra or {})
+        context = {"agent": agent, "grant_type": grant_type, "claims": dict(claims)}
+        claims.update(await self.idp.hooks.token_claims(self.idp, context))
+        header = {"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid}
+        token = jwt.encode(header, claims, key.key, algorithms=[key.alg])
+        return token, claims
+
+    def verify_signature(self, token: str) -> dict[str, Any]:
+        """Signature, `typ`, `iss` and `exp`; InvalidToken says which failed."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise InvalidToken("Token is malformed")
+        try:
+            header = _segment(parts[0])
+        except ValueError:
+            raise InvalidToken("Token is malformed") from None
+        if not isinstance(header, dict):
+            raise InvalidToken("Token is malformed")
+        key = self.idp.keys.verification_key(str(header.get("kid", "")))
+        # The key fixes the algorithm: `none`, HS256-with-the-public-key and
+        # other confusions fail here (RFC 8725 §3.1).
+        if key is None or header.get("alg") != key.alg:
+            raise InvalidToken(SIGNATURE_INVALID)
+        if str(header.get("typ", "")).lower() not in (TOKEN_TYPE, f"application/{TOKEN_TYPE}"):
+            raise InvalidToken("Token is not an access token (typ must be at+jwt)")
+        try:
+            claims = dict(jwt.decode(token, key.key, algorithms=[key.alg]).claims)
+        except (JoseError, ValueError):
+            raise InvalidToken(SIGNATURE_INVALID) from None
+        if claims.get("iss") != self.idp.issuer:
+            raise InvalidToken("Token issuer is not this server")
+        exp = claims.get("exp")
+        if not isinstance(exp, int) or exp <= time.time():
+            raise InvalidToken("Token has expired")
+        for name in ("sub", "jti", "org_id", "client_id"):
+            if not isinstance(claims.get(name), str):
+                raise InvalidToken(f"Token lacks the {name} claim")
+        return claims
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """Everything `verify_signature` checks, then revocation and the status of
+        the agent and credential behind the token (and of every delegation link)."""
+        claims = self.verify_signature(token)
+        if await self.is_revoked(claims["jti"]):
+            raise InvalidToken("Token has been revoked")
+        agent = await agents.get_by_id(self.idp.db, claims["sub"])
+        if agent is None or agent["status"] != "active" or agent["org_id"] != claims["org_id"]:
+            raise InvalidToken("Token's agent is not active")
+        credential_id = claims.get("credential_id")
+        if isinstance(credential_id, str) and await credentials.is_revoked(
+            self.idp.db, credential_id
+        ):
+            raise InvalidToken("Token's credential has been revoked")
+        return claims
+
+    # Revocation -------------------------------------------------------------
+
+    async def revoke(self, claims: dict[str, Any]) -> None:
+        """Durable row first, then the runbook's `revoked:<jti>` for the remaining lifetime."""
+        remaining_ms = int(claims["exp"] * 1000) - now_ms()
+        if remaining_ms <= 0:
+            return
+        db = self.idp.db
+        exists = await db.fetchval("SELECT 1 FROM revoked_tokens WHERE jti = $1", claims["jti"])
+        if not exists:
+            with suppress(Conflict):  # revoked concurrently
+                await db.execute(
+                    "INSERT INTO revoked_tokens (jti, org_id, expires_at, revoked_at) "
+                    "VALUES ($1, $2, $3, $4)",
+                    claims["jti"],
+                    claims["org_id"],
+                    int(claims["exp"] * 1000),
+                    now_ms(),
+                )
+        try:
+            await self.idp.kv.set(f"revoked:{claims['jti']}", "1", ttl_ms=remaining_ms)
+        except StorageUnavailable:
+            log.warning("kv unavailable: revocation of %s kept in the database only", claims["jti"])
+
+    async def is_revoked(self, jti: str) -> bool:
+        kv = self.idp.kv
+        try:
+            if await kv.exists(f"revoked:{jti}"):
+                return True
+            if await kv.exists(SYNC_MARKER):
+                return False
+        except StorageUnavailable:
+            pass  # fail closed to the durable store
+        else:
+            self._schedule_resync()
+        return bool(
+            await self.idp.db.fetchval(
+                "SELECT 1 FROM revoked_tokens WHERE jti = $1 AND expires_at > $2", jti, now_ms()
+            )
+        )
+
+    def _schedule_resync(self) -> None:
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.create_task(self.resync())
+
+    async def resync(self) -> None:
+        """Copy unexpired durable revocations into the kv, then mark it complete."""
+        try:
+            now = now_ms()
+            rows = await self.idp.db.fetch(
+                "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1", now
+            )
+            for row in rows:
+                await self.idp.kv.set(f"revoked:{row['jti']}", "1", ttl_ms=row["expires_at"] - now)
+            await self.idp.kv.set(SYNC_MARKER, str(now))
+        except StorageUnavailable:
+            log.warning("could not resync revocations into the kv; will retry")

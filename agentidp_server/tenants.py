@@ -1,0 +1,41 @@
+"""Organisations (tenants) and their tiers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentidp_server.ids import new_id, now_ms
+from agentidp_server.storage.db import Connection, Database
+
+TIERS = ("free", "pro", "enterprise")
+
+
+async def create_org(conn: Connection, name: str, tier: str = "free") -> dict[str, Any]:
+    """Insert an organisation and its tier (inside the caller's transaction)."""
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}")
+    if not name.strip():
+        raise ValueError("name must not be empty")
+    org_id = new_id()
+    now = now_ms()
+    await conn.execute(
+        "INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $2, $3)",
+        org_id,
+        name.strip(),
+        now,
+    )
+    await conn.execute(
+        "INSERT INTO tenant_tiers (org_id, tier, updated_at) VALUES ($1, $2, $3)",
+        org_id,
+        tier,
+        now,
+    )
+    return {"org_id": org_id, "name": name.strip(), "tier": tier}
+
+
+async def get_org(db: Database, org_id: str) -> dict[str, Any] | None:
+    return await db.fetchrow(
+        "SELECT o.org_id, o.name, t.tier FROM organizations o "
+        "JOIN tenant_tiers t ON t.org_id = o.org_id WHERE o.org_id = $1",
+        org_id,
+    )

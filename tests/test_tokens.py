@@ -1,0 +1,43 @@
+"""The client credentials flow end to end, on both storage adapters."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from identity import admin_headers, basic, make_agent, make_org, token
+
+
+async def test_admin_registers_agent_which_gets_a_token(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    agent, credential = await make_agent(agentidp_client, headers)
+    assert credential["client_id"] == agent["client_id"]
+    body = await token(agentidp_client, credential["client_id"], credential["client_secret"])
+    assert body["token_type"] == "Bearer"
+    assert body["scope"] == "read write"
+    assert body["expires_in"] == 900
+    header = json.loads(base64.urlsafe_b64decode(body["access_token"].split(".")[0] + "=="))
+    assert header["typ"] == "at+jwt"
+    claims = json.loads(base64.urlsafe_b64decode(body["access_token"].split(".")[1] + "=="))
+    assert claims["sub"] == agent["agent_id"]
+    assert claims["org_id"] == org["org_id"]
+    assert claims["client_id"] == agent["client_id"]
+    assert claims["exp"] - claims["iat"] == 900
+    assert claims["iat"] <= time.time() + 1
+
+
+async def test_unknown_client_and_wrong_secret_answer_identically(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    form = {"grant_type": "client_credentials"}
+    wrong = await agentidp_client.post(
+        "/api/v1/token", form=form, headers=basic(org["client_id"], "not-the-secret")
+    )
+    unknown = await agentidp_client.post(
+        "/api/v1/token", form=form, headers=basic("no-such-client", "whatever")
+    )
+    assert wrong.status_code == unknown.status_code == 401
+    assert await wrong.get_data() == await unknown.get_data()
+    assert (await wrong.get_json())["error"] == "invalid_client"
+    assert wrong.headers["WWW-Authenticate"] == unknown.headers["WWW-Authenticate"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from quart import Quart, Response
 
-from agentidp_server import http
+from agentidp_server import http, openapi
 from agentidp_server.background import TaskSupervisor
 from agentidp_server.idp import IdP
 from agentidp_server.logs import configure_logging
@@ -43,6 +43,7 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
     core_state = idp.state.setdefault("core", {})
 
     http.install(app, settings)
+    openapi.install(app)
     idp.hooks.metrics(idp, idp.registry)
     _mount_blueprints(app, idp)
     core_state["grant_types"] = idp.hooks.grant_types(idp)

@@ -41,3 +41,39 @@ async def test_unknown_client_and_wrong_secret_answer_identically(agentidp_clien
     assert await wrong.get_data() == await unknown.get_data()
     assert (await wrong.get_json())["error"] == "invalid_client"
     assert wrong.headers["WWW-Authenticate"] == unknown.headers["WWW-Authenticate"]
+
+
+async def test_openapi_describes_management_and_oauth(agentidp_client, agentidp_idp):
+    response = await agentidp_client.get("/openapi.json")
+    assert response.status_code == 200
+    document = await response.get_json()
+    assert document["openapi"].startswith("3.1")
+    paths = document["paths"]
+    for path in (
+        "/api/v1/agents",
+        "/api/v1/agents/{agent_id}",
+        "/api/v1/agents/{agent_id}/credentials",
+        "/api/v1/token",
+        "/api/v1/token/introspect",
+        "/api/v1/token/revoke",
+    ):
+        assert path in paths, path
+    create = paths["/api/v1/agents"]["post"]["requestBody"]["content"]["application/json"]
+    assert "schema" in create
+    token_body = paths["/api/v1/token"]["post"]["requestBody"]["content"]
+    assert "application/x-www-form-urlencoded" in token_body
+    assert (await agentidp_client.get("/docs")).status_code == 200
+
+
+async def test_agent_body_is_validated_from_the_model(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    response = await agentidp_client.post(
+        "/api/v1/agents",
+        json={"name": "x", "deployment_env": "prod", "scopes": ["bad scope"], "extra": 1},
+        headers=headers,
+    )
+    body = await response.get_json()
+    assert response.status_code == 400
+    assert body["code"] == "VALIDATION_ERROR"
+    assert "scopes" in body["message"] and "extra" in body["message"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
+from quart_schema import validate_request
 
 from agentidp_server import agents
-from agentidp_server.api.auth import ApiError, json_body, principal_org, require_scope
+from agentidp_server.api.auth import ApiError, principal_org, require_scope
+from agentidp_server.api.models import AgentCreate, AgentUpdate
 from agentidp_server.idp import current_idp
 
 blueprint = Blueprint("agents", __name__)
@@ -26,12 +28,13 @@ async def agent_or_404(agent_id: str) -> dict[str, Any]:
 
 @blueprint.post("/api/v1/agents")
 @require_scope("agents:write")
-async def create() -> tuple[Response, int]:
+@validate_request(AgentCreate)
+async def create(data: AgentCreate) -> tuple[Response, int]:
+    """Register an agent in the caller's organisation."""
     idp = current_idp()
-    data = await json_body()
     try:
         async with idp.db.transaction() as conn:
-            agent = await agents.create_agent(conn, principal_org(), data)
+            agent = await agents.create_agent(conn, principal_org(), data.model_dump())
     except agents.AgentError as error:
         raise _bad(error) from None
     counter = idp.state["core"].get("agents_registered")
@@ -72,9 +75,13 @@ async def read(agent_id: str) -> Response:
 
 @blueprint.patch("/api/v1/agents/<agent_id>")
 @require_scope("agents:write")
-async def update(agent_id: str) -> Response:
+@validate_request(AgentUpdate)
+async def update(agent_id: str, data: AgentUpdate) -> Response:
+    """Change an agent; `status: suspended` makes its tokens inactive at once."""
     idp = current_idp()
-    patch = await json_body()
+    patch = data.model_dump(exclude_unset=True)
+    if any(v is None for v in patch.values()):
+        raise ApiError(400, "VALIDATION_ERROR", "fields may not be set to null")
     try:
         async with idp.db.transaction() as conn:
             agent = await agents.update_agent(conn, principal_org(), agent_id, patch)

@@ -13,7 +13,7 @@ from agentidp_server.idp import current_idp
 from agentidp_server.oauth.rfc9068 import InvalidToken
 
 # ApiError is re-exported for the route modules.
-__all__ = ["ApiError", "json_body", "principal_org", "require_scope"]
+__all__ = ["ApiError", "principal_org", "require_scope"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -53,19 +53,3 @@ def require_scope(scope: str) -> Callable[[F], F]:
 
 def principal_org() -> str:
     return str(g.principal["org_id"])
-
-
-async def json_body() -> dict[str, Any]:
-    """The request's JSON object, or 400 with what is wrong."""
-    if request.mimetype != "application/json":
-        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
-    raw: bytes = await request.get_data(as_text=False)  # type: ignore[assignment]
-    import json
-
-    try:
-        data = json.loads(raw.decode("utf-8")) if raw else None
-    except (UnicodeDecodeError, ValueError):
-        raise ApiError(400, "BAD_REQUEST", "request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "BAD_REQUEST", "request body must be a JSON object")
-    return data

@@ -3,46 +3,36 @@
 from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
+from quart_schema import validate_request
 
 from agentidp_server import credentials
 from agentidp_server.api.agents import agent_or_404
-from agentidp_server.api.auth import ApiError, json_body, require_scope
+from agentidp_server.api.auth import ApiError, require_scope
+from agentidp_server.api.models import CredentialCreate
 from agentidp_server.idp import current_idp
-from agentidp_server.ids import parse_iso
 
 blueprint = Blueprint("credentials", __name__)
 
 
 @blueprint.post("/api/v1/agents/<agent_id>/credentials")
 @require_scope("credentials:write")
-async def create(agent_id: str) -> tuple[Response, int]:
+@validate_request(CredentialCreate)
+async def create(agent_id: str, data: CredentialCreate) -> tuple[Response, int]:
+    """Issue a client secret (shown once) or register the agent's public key."""
     idp = current_idp()
     agent = await agent_or_404(agent_id)
     if agent["status"] != "active":
         raise ApiError(409, "CONFLICT", f"the agent is {agent['status']}")
-    data = await json_body()
-    unknown = sorted(set(data) - {"type", "jwk", "expires_at"})
-    if unknown:
-        raise ApiError(400, "VALIDATION_ERROR", f"unknown field(s): {', '.join(unknown)}")
-    expires_at = None
-    if data.get("expires_at") is not None:
-        try:
-            expires_at = parse_iso(str(data["expires_at"]))
-        except ValueError:
-            raise ApiError(
-                400, "VALIDATION_ERROR", "expires_at must be an RFC 3339 time with an offset"
-            ) from None
+    expires_at = int(data.expires_at.timestamp() * 1000) if data.expires_at else None
     try:
-        if data.get("type") == "client_secret":
-            if "jwk" in data:
+        if data.type == "client_secret":
+            if data.jwk is not None:
                 raise credentials.CredentialError("a client_secret credential takes no jwk")
             created = await credentials.create_secret(
                 idp.db, agent, idp.settings.CREDENTIAL_PEPPER, expires_at
             )
-        elif data.get("type") == "private_key_jwt":
-            created = await credentials.create_key(idp.db, agent, data.get("jwk"), expires_at)
         else:
-            raise credentials.CredentialError("type must be client_secret or private_key_jwt")
+            created = await credentials.create_key(idp.db, agent, data.jwk, expires_at)
     except credentials.CredentialError as error:
         raise ApiError(400, "VALIDATION_ERROR", str(error)) from None
     response = jsonify(created)

@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 from quart import Blueprint, Response
+from quart_schema import DataSource, document_request
 
+from agentidp_server.api.models import TokenForm, TokenForm7662
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import ASSERTION_ALGORITHMS, authenticate
 from agentidp_server.oauth.errors import OAuthError
@@ -38,7 +40,9 @@ async def oauth_error(error: OAuthError) -> Response:
 
 
 @blueprint.post(TOKEN_PATH)
+@document_request(TokenForm, source=DataSource.FORM)
 async def token() -> Response:
+    """Issue an access token (RFC 6749 §4.4; form-encoded, or a JSON object)."""
     idp = current_idp()
     params = await read_params()
     client = await authenticate(idp, params, idp.issuer + TOKEN_PATH)
@@ -57,7 +61,9 @@ async def token() -> Response:
 
 
 @blueprint.post(INTROSPECT_PATH)
+@document_request(TokenForm7662, source=DataSource.FORM)
 async def introspect() -> Response:
+    """RFC 7662 token introspection; another organisation's token is inactive."""
     idp = current_idp()
     params = await read_params()
     client = await authenticate(idp, params, idp.issuer + INTROSPECT_PATH)
@@ -75,7 +81,9 @@ async def introspect() -> Response:
 
 
 @blueprint.post(REVOKE_PATH)
+@document_request(TokenForm7662, source=DataSource.FORM)
 async def revoke() -> Response:
+    """RFC 7009 token revocation (own tokens; an org admin: any of its org)."""
     idp = current_idp()
     params = await read_params()
     client = await authenticate(idp, params, idp.issuer + REVOKE_PATH)

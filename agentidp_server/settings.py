@@ -343,6 +343,12 @@ def apply_environment(
 def validate(settings: Any, specs: Iterable[Setting]) -> list[str]:
     """Return one line per problem, in the order the settings were declared."""
     problems = [p for spec in specs if (p := spec.problem(settings.get(spec.key))) is not None]
+    delay, refresh = settings.get("KEY_ACTIVATION_DELAY"), settings.get("KEYS_REFRESH_INTERVAL")
+    if isinstance(delay, int | float) and isinstance(refresh, int | float) and delay < refresh:
+        # Every worker must have loaded a new key before any worker signs with it.
+        problems.append(
+            f"KEY_ACTIVATION_DELAY ({delay}) must be at least KEYS_REFRESH_INTERVAL ({refresh})"
+        )
     if settings.ENV == "production":
         problems.extend(
             message for key, message in REQUIRED_IN_PRODUCTION.items() if not settings.get(key)

@@ -60,25 +60,31 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
     @app.before_serving
     async def start() -> None:
         nonlocal supervisor
-        await idp.open_storage()
-        stack.push_async_callback(idp.close_storage)
-        if not settings.DATABASE_URL or not settings.REDIS_URL:
-            log.info(
-                "Using embedded storage: %s and %s (development only; set DATABASE_URL and "
-                "REDIS_URL for production)",
-                idp.db.description,
-                idp.kv.description,
-            )
-        if settings.MIGRATE_ON_START:
-            applied = await migrate(idp.db, idp.migration_sets())
-            for migration in applied:
-                log.info("Applied migration %s/%s", migration.migration_set, migration.name)
-        for plugin, manager in idp.hooks.lifespans(idp):
-            try:
-                await stack.enter_async_context(manager)
-            except Exception as error:
-                raise PluginError(f"plugin {plugin!r} failed in lifespan: {error}") from error
-        supervisor = TaskSupervisor(idp.hooks.background_tasks(idp))
+        try:
+            await idp.open_storage()
+            stack.push_async_callback(idp.close_storage)
+            if not settings.DATABASE_URL or not settings.REDIS_URL:
+                log.info(
+                    "Using embedded storage: %s and %s (development only; set DATABASE_URL and "
+                    "REDIS_URL for production)",
+                    idp.db.description,
+                    idp.kv.description,
+                )
+            if settings.MIGRATE_ON_START:
+                applied = await migrate(idp.db, idp.migration_sets())
+                for migration in applied:
+                    log.info("Applied migration %s/%s", migration.migration_set, migration.name)
+            for plugin, manager in idp.hooks.lifespans(idp):
+                try:
+                    await stack.enter_async_context(manager)
+                except Exception as error:
+                    raise PluginError(f"plugin {plugin!r} failed in lifespan: {error}") from error
+            supervisor = TaskSupervisor(idp.hooks.background_tasks(idp))
+        except BaseException:
+            # after_serving never runs when startup fails: exit the lifespans already
+            # entered and close storage here, or the pool and connections leak.
+            await stack.aclose()
+            raise
         supervisor.start()
 
     @app.after_serving

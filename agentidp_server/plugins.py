@@ -164,6 +164,8 @@ class Hooks:
             except Exception as error:
                 raise PluginError(f"plugin {plugin!r} failed in {hook}: {error}") from error
             if inspect.isawaitable(result) and hook.startswith("register_"):
+                if inspect.iscoroutine(result):
+                    result.close()  # no "never awaited" warning on top of the error
                 raise PluginError(f"plugin {plugin!r}: {hook} must not be async")
             yield plugin, result
 

@@ -118,6 +118,8 @@ def _worker(overrides: dict[str, Any], sockets: Sockets, shutdown: EventType, re
 
 
 def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
+    # The master builds no app, so nothing else routes its own log lines to stdout.
+    configure_logging(settings)
     workers = int(settings.WORKERS)
     config = hypercorn_config(settings)
     sockets = config.create_sockets()

@@ -1,0 +1,238 @@
+"""One test per hook in agentidp_server/hookspecs.py, through the app or the Hooks facade.
+
+Each drives the `agentidp-hello` fixture plugin (tests/fixtures/agentidp-hello),
+which records what the kernel asked of it in `idp.state["hello"]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentidp_hello import GRANT_TYPE, HelloGrant, state
+
+from agentidp_server import hookimpl
+from agentidp_server.app import build_idp, create_app
+from agentidp_server.plugins import REGISTERED_CLAIMS, PluginError
+from agentidp_server.settings import SettingsError, load_settings
+
+AGENTIDP = Path(sys.executable).with_name("agentidp")
+
+
+@pytest.fixture
+def agentidp_overrides() -> dict[str, Any]:
+    return {"HELLO_ENABLED": True}
+
+
+def settings_for(tmp_path: Path, environ: dict[str, str] | None = None, **overrides: Any) -> Any:
+    base = {
+        "DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/idp.db",
+        "HELLO_ENABLED": True,
+    }
+    return load_settings(env="test", overrides={**base, **overrides}, environ=environ or {})
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+# Configuration ------------------------------------------------------------
+
+
+def test_register_settings(tmp_path):
+    idp = build_idp(settings_for(tmp_path))
+    assert idp.settings.HELLO_GREETING == "hello"
+    assert idp.settings.HELLO_TASK_INTERVAL == 0.05
+    assert "HELLO_GREETING" in [spec.key for _, spec in idp.hooks.settings()]
+    with pytest.raises(SettingsError, match="HELLO_GREETING must be a string, got 42"):
+        build_idp(settings_for(tmp_path, HELLO_GREETING=42))
+
+
+# Assembly -----------------------------------------------------------------
+
+
+async def test_register_blueprints(agentidp_client, agentidp_idp):
+    assert "register_blueprints" in state(agentidp_idp)["events"]
+    response = await agentidp_client.get("/hello")
+    assert response.status_code == 200
+    assert response.headers["X-Request-Id"]
+    slow = await agentidp_client.get("/hello/slow?ms=10")
+    assert await slow.get_json() == {"slept_ms": 10}
+
+
+async def test_register_migrations(agentidp_client, agentidp_idp):
+    assert [s.name for s in agentidp_idp.migration_sets()] == ["core", "hello"]
+    count = await agentidp_idp.db.fetchval("SELECT COUNT(*) FROM hello_rows")
+    assert count == 1
+    rows = await (await agentidp_client.get("/hello/rows")).get_json()
+    assert rows["rows"][0]["greeting"] == "hello from a migration"
+
+
+async def test_register_grant_types(agentidp_idp):
+    grants = agentidp_idp.state["core"]["grant_types"]
+    assert isinstance(grants[GRANT_TYPE], HelloGrant)
+
+
+async def test_register_metrics(agentidp_client):
+    for _ in range(3):
+        await agentidp_client.get("/hello")
+    text = (await (await agentidp_client.get("/metrics")).get_data()).decode()
+    assert "agentidp_hello_requests_total 3.0" in text
+
+
+async def test_register_health_checks(agentidp_client, agentidp_idp):
+    ready = await agentidp_client.get("/health/ready")
+    assert ready.status_code == 200
+    assert (await ready.get_json())["checks"]["hello"] == "ok"
+    state(agentidp_idp)["healthy"] = False
+    ready = await agentidp_client.get("/health/ready")
+    body = await ready.get_json()
+    assert ready.status_code == 503
+    assert body["failing"] == ["hello"]
+    assert body["checks"] == {"database": "ok", "kv": "ok", "hello": "failing"}
+    assert "hello: hello is unhappy" in body["message"]
+
+
+async def test_register_background_tasks(agentidp_idp):
+    hello = state(agentidp_idp)
+    await wait_for(lambda: hello["task_runs"] >= 2)
+    assert hello["task_starts"] == 1
+    hello["task_failures"] = 1
+    # The supervisor restarts it after its first backoff (1 s).
+    await wait_for(lambda: hello["task_starts"] == 2, timeout=5)
+    runs = hello["task_runs"]
+    await wait_for(lambda: hello["task_runs"] > runs)
+
+
+def test_register_commands(tmp_path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AGENTIDP_", "HELLO_", "PLUGINS__"))
+    }
+    env.update(AGENTIDP_ENV="test", AGENTIDP_DATA_DIR=str(tmp_path))
+    enabled = subprocess.run(
+        [str(AGENTIDP), "hello"],
+        env={**env, "HELLO_ENABLED": "true", "HELLO_GREETING": "moin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (enabled.returncode, enabled.stdout) == (0, "moin\n"), enabled.stderr
+    disabled = subprocess.run(
+        [str(AGENTIDP), "hello"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert disabled.returncode == 2
+    assert "No such command 'hello'" in disabled.stderr
+
+
+# Serving ------------------------------------------------------------------
+
+
+class Second:
+    """A second plugin, registered after hello, that records into hello's trace."""
+
+    def __init__(self, idp: Any) -> None:
+        self.events: list[str] = state(idp)["events"]
+
+    @hookimpl
+    def lifespan(self) -> Any:
+        @asynccontextmanager
+        async def manager() -> AsyncIterator[None]:
+            self.events.append("second:enter")
+            try:
+                yield
+            finally:
+                self.events.append("second:exit")
+
+        return manager()
+
+    @hookimpl
+    async def discovery_metadata(self) -> Mapping[str, Any]:
+        return {
+            "grant_types_supported": ["client_credentials", GRANT_TYPE],
+            "hello_endpoint": "https://elsewhere.example/hello",
+            "second_endpoint": "https://second.example/",
+        }
+
+    @hookimpl
+    def audit_event(self, event: Mapping[str, Any]) -> None:
+        self.events.append(f"second:audit:{event['seq']}")
+        raise RuntimeError("second cannot handle events")
+
+
+def with_second(tmp_path: Path) -> Any:
+    idp = build_idp(settings_for(tmp_path))
+    idp.hooks.pm.register(Second(idp), name="second")
+    return idp
+
+
+async def test_lifespan(tmp_path):
+    idp = with_second(tmp_path)
+    app = create_app(idp=idp)
+    events = state(idp)["events"]
+    async with app.test_app():
+        assert events[-2:] == ["lifespan:enter", "second:enter"]
+        assert "lifespan:exit" not in events
+    # Exited in reverse order of entry, and after the storage they rely on is still open.
+    assert events[-2:] == ["second:exit", "lifespan:exit"]
+
+
+async def test_token_claims(agentidp_idp):
+    context = {"grant_type": "client_credentials", "claims": {"sub": "agent-1"}}
+    assert await agentidp_idp.hooks.token_claims(agentidp_idp, context) == {"hello": "hello"}
+    for claim in sorted(REGISTERED_CLAIMS):
+        state(agentidp_idp)["extra_claims"] = {claim: "forged"}
+        with pytest.raises(PluginError, match=rf"plugin 'hello' may not set .*'{claim}'"):
+            await agentidp_idp.hooks.token_claims(agentidp_idp, context)
+
+
+async def test_discovery_metadata(tmp_path):
+    idp = with_second(tmp_path)
+    merged = await idp.hooks.discovery_metadata(idp)
+    # Lists merge without duplicates; a clashing scalar keeps the first plugin's value.
+    assert merged["grant_types_supported"] == [GRANT_TYPE, "client_credentials"]
+    assert merged["hello_endpoint"] == f"{idp.issuer}/hello"
+    assert merged["second_endpoint"] == "https://second.example/"
+    disabled = build_idp(settings_for(tmp_path, HELLO_ENABLED=False))
+    assert "hello_endpoint" not in await disabled.hooks.discovery_metadata(disabled)
+
+
+async def test_discovery_metadata_is_served(agentidp_client, agentidp_idp):
+    response = await agentidp_client.get("/.well-known/oauth-authorization-server")
+    body = await response.get_json()
+    assert body["hello_endpoint"] == f"{agentidp_idp.issuer}/hello"
+    assert body["grant_types_supported"].count(GRANT_TYPE) == 1
+
+
+async def test_audit_event(tmp_path, caplog):
+    idp = with_second(tmp_path)
+    create_app(idp=idp)  # configures the kernel's loggers, as at startup
+    logging.getLogger("agentidp.plugins").addHandler(caplog.handler)
+    try:
+        for seq in (1, 2):
+            await idp.hooks.audit_event(idp, {"seq": seq, "type": "token.issued"})
+    finally:
+        logging.getLogger("agentidp.plugins").removeHandler(caplog.handler)
+    # The failing plugin is isolated: hello still receives every event, in order.
+    assert [e["seq"] for e in state(idp)["audit"]] == [1, 2]
+    assert "second:audit:2" in state(idp)["events"]
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert failures == [
+        "plugin second failed handling audit event 1",
+        "plugin second failed handling audit event 2",
+    ]

@@ -1,0 +1,197 @@
+"""`agentidp serve` as operators run it: startup errors, readiness, graceful shutdown.
+
+Slow: each test starts real server processes on free ports on 127.0.0.1, with
+the `agentidp-hello` fixture plugin enabled for its `/hello/slow` route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agentidp_server.testing import DEFAULT_REDIS
+
+pytestmark = pytest.mark.slow
+
+AGENTIDP = Path(sys.executable).with_name("agentidp")
+SHUTDOWN_LINE = "Shutting down gracefully..."
+IN_FLIGHT = 50
+SLOW_MS = 1500
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+RUNBOOK_DATABASE_LINE = (
+    "Failed to start server: Error: DATABASE_URL environment variable is required"
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The parent's environment without any AgentIdP, plugin or storage setting."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AGENTIDP_", "HELLO_", "PLUGINS__"))
+        and k not in ("DATABASE_URL", "REDIS_URL", "PORT", "HOST", "WORKERS")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Server:
+    """One `agentidp serve` process, its output collected in a file."""
+
+    def __init__(self, tmp_path: Path, workers: int, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / f"serve-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        args = [str(AGENTIDP), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if workers > 1:
+            args += ["--workers", str(workers)]
+        self.process = subprocess.Popen(
+            args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_until_listening(self) -> None:
+        line = f"AgentIdP listening on port {self.port}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while line not in self.output():
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"server exited with {self.process.returncode}:\n{self.output()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {line!r} within {START_TIMEOUT} s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def wait(self) -> int:
+        return self.process.wait(timeout=STOP_TIMEOUT)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+    prefixes: list[str] = []
+
+    def start(workers: int = 1) -> Server:
+        env = base_env(
+            AGENTIDP_ENV="development",
+            AGENTIDP_DATA_DIR=str(tmp_path),
+            DATABASE_URL=f"sqlite:///{tmp_path}/agentidp.db",
+            HELLO_ENABLED="true",
+        )
+        if workers > 1:
+            # Several workers share state through Redis; our keys stay under our own prefix.
+            prefix = f"agentidp-lifecycle:{uuid.uuid4().hex[:12]}:"
+            prefixes.append(prefix)
+            env.update(
+                REDIS_URL=os.environ.get("AGENTIDP_TEST_REDIS_URL", DEFAULT_REDIS),
+                AGENTIDP_REDIS_KEY_PREFIX=prefix,
+            )
+        server = Server(tmp_path, workers, env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+    if prefixes:
+        asyncio.run(_delete_keys(prefixes))
+
+
+async def _delete_keys(prefixes: list[str]) -> None:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(
+        os.environ.get("AGENTIDP_TEST_REDIS_URL", DEFAULT_REDIS), socket_timeout=5
+    )
+    try:
+        for prefix in prefixes:
+            keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=500)]
+            if keys:
+                await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def test_production_without_database_url_fails_with_the_runbook_line(tmp_path):
+    env = base_env(AGENTIDP_ENV="production", AGENTIDP_DATA_DIR=str(tmp_path))
+    result = subprocess.run(
+        [str(AGENTIDP), "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).splitlines()
+    assert lines[0] == RUNBOOK_DATABASE_LINE
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_listening_line_and_health(serve, workers):
+    server = serve(workers)
+    server.wait_until_listening()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        response = await client.get("/health")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+        hello = await client.get("/hello")
+        assert hello.json() == {"greeting": "hello"}
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_drains_in_flight_requests(serve, workers):
+    server = serve(workers)
+    server.wait_until_listening()
+    limits = httpx.Limits(max_connections=IN_FLIGHT + 10, max_keepalive_connections=IN_FLIGHT + 10)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
+        requests = [
+            asyncio.create_task(client.get("/hello/slow", params={"ms": SLOW_MS}))
+            for _ in range(IN_FLIGHT)
+        ]
+        await asyncio.sleep(0.5)  # every request is now being served (or queued to be)
+        assert not any(r.done() for r in requests)
+        server.process.send_signal(signal.SIGTERM)
+        responses = await asyncio.wait_for(asyncio.gather(*requests), timeout=STOP_TIMEOUT)
+    assert [r.status_code for r in responses] == [200] * IN_FLIGHT
+    assert all(r.json() == {"slept_ms": SLOW_MS} for r in responses)
+    code = await asyncio.to_thread(server.wait)
+    output = server.output()
+    assert SHUTDOWN_LINE in output, output
+    assert code == 0, output

@@ -7,6 +7,7 @@ Usage from an async test::
         ...
         await proxy.down()  # every open connection closed, new ones closed at once
         await proxy.up()  # new connections are forwarded again
+        await proxy.stall()  # connections stay open but nothing gets through (a hang)
 
 Only 127.0.0.1 is bound, on a free port the OS picks.
 """
@@ -28,6 +29,8 @@ class FaultProxy:
         self.host = "127.0.0.1"
         self.port = 0
         self.is_up = True
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,53 +81,70 @@ class FaultProxy:
     async def down(self) -> None:
         """Close every open connection; new ones are closed as soon as they arrive."""
         self.is_up = False
+        self._flowing.set()  # wake stalled connections so they get closed
         for writer in list(self._writers):
             _abort(writer)
         self._writers.clear()
         await asyncio.sleep(0)
 
     async def up(self) -> None:
+        """Forward again (stalled data and connections resume)."""
         self.is_up = True
+        self._flowing.set()
+        await asyncio.sleep(0)
+
+    async def stall(self) -> None:
+        """Keep connections open (and accept new ones) but pass no byte either way."""
+        self.is_up = True
+        self._flowing.clear()
         await asyncio.sleep(0)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.is_up:
             _abort(writer)
             return
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(self.target_host, self.target_port), timeout=5
-            )
-        except (OSError, asyncio.TimeoutError):
-            _abort(writer)
-            return
-        if not self.is_up:  # went down while we were connecting
-            _abort(writer)
-            _abort(up_writer)
-            return
-        self.connections += 1
-        self._writers.update((writer, up_writer))
-        pumps = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
-        ]
-        for task in pumps:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+            await self._flowing.wait()  # a stalled proxy holds new connections here
+            if not self.is_up:
+                return
+            try:
+                up_reader, up_writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.target_host, self.target_port), timeout=5
+                )
+            except (TimeoutError, OSError):
+                return
+            if not self.is_up:  # went down while we were connecting
+                return
+            self.connections += 1
+            self._writers.add(up_writer)
+            pumps = [
+                asyncio.create_task(self._pump(reader, up_writer)),
+                asyncio.create_task(self._pump(up_reader, writer)),
+            ]
             for task in pumps:
-                task.cancel()
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            try:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in pumps:
+                    task.cancel()
+        finally:
             for w in (writer, up_writer):
-                self._writers.discard(w)
-                _abort(w)
+                if w is not None:
+                    self._writers.discard(w)
+                    _abort(w)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while self.is_up:
                 data = await reader.read(_CHUNK)
-                if not data or not self.is_up:
+                if not data:
+                    return
+                await self._flowing.wait()
+                if not self.is_up:
                     return
                 writer.write(data)
                 await writer.drain()

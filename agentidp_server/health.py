@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from quart import Blueprint, Response, jsonify
 
 from agentidp_server.hookspecs import hookimpl
+from agentidp_server.http import log_outage
+from agentidp_server.storage.errors import StorageUnavailable
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -37,6 +39,8 @@ async def _run(check: HealthCheck, timeout: float) -> str | None:
     except TimeoutError:
         return f"no answer within {timeout:g} s"
     except Exception as error:
+        if isinstance(error, StorageUnavailable):
+            log_outage(error)
         return str(error) or type(error).__name__
     return None
 

@@ -85,7 +85,7 @@ def install(app: Quart, settings: Any) -> None:
 
     @app.errorhandler(StorageUnavailable)
     async def unavailable(error: StorageUnavailable) -> Response:
-        log.error("%s", error)
+        log_outage(error)
         response = jsonify(
             error_body(
                 "SERVICE_UNAVAILABLE", f"the {error.component} is not answering; retry later"
@@ -116,6 +116,20 @@ def install(app: Quart, settings: Any) -> None:
             ],
             max_age=600,
         )
+
+
+# The runbook's lines for a store that drops after startup.
+_OUTAGE_LINES = {"database": "Unexpected pg pool error %s", "kv": "Redis client error %s"}
+_OUTAGE_LOG_INTERVAL = 10.0
+_last_outage_log: dict[str, float] = {}
+
+
+def log_outage(error: StorageUnavailable) -> None:
+    """One line per store per interval, not one per failing request."""
+    now = time.monotonic()
+    if now - _last_outage_log.get(error.component, -_OUTAGE_LOG_INTERVAL) >= _OUTAGE_LOG_INTERVAL:
+        _last_outage_log[error.component] = now
+        log.error(_OUTAGE_LINES.get(error.component, "%s"), error)
 
 
 def _access_line(response: Response, structured: bool) -> None:

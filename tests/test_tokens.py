@@ -76,4 +76,5 @@ async def test_agent_body_is_validated_from_the_model(agentidp_client, agentidp_
     body = await response.get_json()
     assert response.status_code == 400
     assert body["code"] == "VALIDATION_ERROR"
-    assert "scopes" in body["message"] and "extra" in body["message"]
+    assert "scopes" in body["message"]
+    assert "extra" in body["message"]

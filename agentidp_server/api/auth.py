@@ -32,10 +32,16 @@ def require_scope(scope: str) -> Callable[[F], F]:
             header = request.headers.get("Authorization", "")
             if header[:7].lower() != "bearer " or not header[7:].strip():
                 raise _unauthorized("Authorization header with a Bearer token is required")
+            idp = current_idp()
             try:
-                claims = await current_idp().tokens.verify(header[7:].strip())
+                claims = await idp.tokens.verify(header[7:].strip())
             except InvalidToken as error:
                 raise _unauthorized(str(error)) from None
+            # RFC 9068 §4: a token issued for another resource (RFC 8707) is not for us.
+            aud = claims.get("aud")
+            audiences = {a for a in (aud if isinstance(aud, list) else [aud]) if isinstance(a, str)}
+            if not audiences & {idp.issuer, idp.tokens.default_audience()}:
+                raise _unauthorized("Token audience is not this server")
             if scope not in str(claims.get("scope", "")).split():
                 raise ApiError(
                     403,

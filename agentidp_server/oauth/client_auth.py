@@ -26,7 +26,9 @@ from agentidp_server.oauth.errors import OAuthError, invalid_client
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS256", "ES256", "EdDSA")
-MAX_ASSERTION_LIFETIME = 600  # seconds; a longer-lived assertion is refused
+# Seconds; a longer-lived assertion is refused. One hour is what common clients
+# send by default (Authlib: iat + 3600) and what Okta allows.
+MAX_ASSERTION_LIFETIME = 3600
 CLOCK_SKEW = 30
 # Hashed when the client is unknown so that path costs the same as a wrong secret.
 _DUMMY_HASH = "0" * 64

@@ -1,0 +1,388 @@
+"""Signing keys: staged rotation in the key store, emergency revocation, keys from
+settings, the algorithm choice, and the `agentidp keys` / `orgs` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from identity import admin_headers, basic, make_org, token
+
+from agentidp_server.app import create_app
+from agentidp_server.keys import KeyError_
+from agentidp_server.oauth.rfc9068 import SIGNATURE_INVALID
+from agentidp_server.settings import load_settings
+
+ISSUER = "http://localhost:3000"
+
+
+@pytest.fixture
+def agentidp_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings per test, through `parametrize("agentidp_overrides", [...], indirect=True)`."""
+    return dict(getattr(request, "param", {}))
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def header_of(access_token: str) -> dict[str, Any]:
+    return jwt.get_unverified_header(access_token)
+
+
+async def jwks_of(client: Any) -> dict[str, Any]:
+    response = await client.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    body: dict[str, Any] = await response.get_json()
+    return body
+
+
+def verify(access_token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+    """PyJWT's verdict, with the key the JWKS publishes under the token's kid."""
+    keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(jwks).keys}
+    key = keys[header_of(access_token)["kid"]]
+    claims: dict[str, Any] = jwt.decode(
+        access_token,
+        key=key.key,
+        algorithms=[key.algorithm_name],
+        audience=ISSUER,
+        issuer=ISSUER,
+        options={"require": ["exp", "iss", "aud"]},
+    )
+    return claims
+
+
+async def introspect(client: Any, org: dict[str, Any], access_token: str) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/token/introspect",
+        form={"token": access_token},
+        headers=basic(org["client_id"], org["client_secret"]),
+    )
+    body: dict[str, Any] = await response.get_json()
+    return body
+
+
+async def admin_token(client: Any, org: dict[str, Any]) -> str:
+    access: str = (await token(client, org["client_id"], org["client_secret"]))["access_token"]
+    return access
+
+
+# The key store ------------------------------------------------------------------
+
+
+async def test_rotation_publishes_first_and_signs_after_the_delay(agentidp_client, agentidp_idp):
+    idp = agentidp_idp
+    org = await make_org(idp)
+    old_kid = idp.keys.signing_key().kid
+    before = await admin_token(agentidp_client, org)
+    assert header_of(before)["kid"] == old_kid
+
+    new = await idp.keys.rotate(idp.db, delay_s=1)
+    await idp.keys.load(idp.db)
+    assert new is not None
+    assert new.kid != old_kid
+
+    # Published at once, not yet signing.
+    jwks = await jwks_of(agentidp_client)
+    assert {k["kid"] for k in jwks["keys"]} == {old_kid, new.kid}
+    assert all("d" not in k for k in jwks["keys"])
+    assert header_of(await admin_token(agentidp_client, org))["kid"] == old_kid
+    states = {k.kid: s for k, s in idp.keys.states(new.activates_at - 1)}
+    assert states == {old_kid: "active", new.kid: "published"}
+
+    await asyncio.sleep(max(0.0, new.activates_at / 1000 - time.time()) + 0.05)
+    after = await admin_token(agentidp_client, org)
+    assert header_of(after)["kid"] == new.kid
+
+    # The old key is retired: still published, so the earlier token still verifies.
+    jwks = await jwks_of(agentidp_client)
+    assert {k["kid"] for k in jwks["keys"]} == {old_kid, new.kid}
+    assert verify(before, jwks)["iss"] == ISSUER
+    assert verify(after, jwks)["iss"] == ISSUER
+    assert (await introspect(agentidp_client, org, before))["active"] is True
+    assert (await introspect(agentidp_client, org, after))["active"] is True
+    states = {k.kid: s for k, s in idp.keys.states()}
+    assert states == {old_kid: "retired", new.kid: "active"}
+    response = await agentidp_client.get(
+        "/api/v1/agents", headers={"Authorization": f"Bearer {before}"}
+    )
+    assert response.status_code == 200
+
+
+async def test_revoked_key_is_unpublished_and_its_tokens_fail(agentidp_client, agentidp_idp):
+    idp = agentidp_idp
+    org = await make_org(idp)
+    old_kid = idp.keys.signing_key().kid
+    before = await admin_token(agentidp_client, org)
+    new = await idp.keys.rotate(idp.db, delay_s=0)
+    await idp.keys.load(idp.db)
+    assert new is not None
+    after = await admin_token(agentidp_client, org)
+    assert header_of(after)["kid"] == new.kid
+
+    assert await idp.keys.revoke(idp.db, old_kid) is True
+    assert await idp.keys.revoke(idp.db, old_kid) is False  # already revoked
+    await idp.keys.load(idp.db)
+    jwks = await jwks_of(agentidp_client)
+    assert [k["kid"] for k in jwks["keys"]] == [new.kid]
+    assert await introspect(agentidp_client, org, before) == {"active": False}
+    response = await agentidp_client.get(
+        "/api/v1/agents", headers={"Authorization": f"Bearer {before}"}
+    )
+    assert response.status_code == 401
+    assert (await response.get_json())["message"] == SIGNATURE_INVALID
+    assert (await introspect(agentidp_client, org, after))["active"] is True
+    with pytest.raises(KeyError):
+        verify(before, jwks)
+
+
+async def test_keys_survive_a_reload_and_stay_encrypted(agentidp_idp):
+    idp = agentidp_idp
+    kid = idp.keys.signing_key().kid
+    row = await idp.db.fetchrow("SELECT * FROM signing_keys WHERE kid = $1", kid)
+    assert b"PRIVATE KEY" not in row["private_key"].encode()
+    await idp.keys.load(idp.db)
+    assert idp.keys.signing_key().kid == kid
+
+
+@pytest.mark.parametrize(
+    ("agentidp_overrides", "alg", "kty"),
+    [
+        ({"JWT_ALGORITHM": "ES256"}, "ES256", "EC"),
+        ({"JWT_ALGORITHM": "EdDSA"}, "EdDSA", "OKP"),
+        ({}, "RS256", "RSA"),
+    ],
+    indirect=["agentidp_overrides"],
+    ids=["ES256", "EdDSA", "RS256"],
+)
+async def test_signing_algorithm_is_selectable(agentidp_client, agentidp_idp, alg, kty):
+    org = await make_org(agentidp_idp)
+    access = await admin_token(agentidp_client, org)
+    assert header_of(access)["alg"] == alg
+    jwks = await jwks_of(agentidp_client)
+    assert [(k["alg"], k["kty"], k["use"]) for k in jwks["keys"]] == [(alg, kty, "sig")]
+    assert verify(access, jwks)["sub"]
+    response = await agentidp_client.get("/.well-known/oauth-authorization-server")
+    assert (await response.get_json())["access_token_signing_alg_values_supported"] == [alg]
+    # A rotated key keeps the configured algorithm.
+    new = await agentidp_idp.keys.rotate(agentidp_idp.db, delay_s=0)
+    await agentidp_idp.keys.load(agentidp_idp.db)
+    assert new is not None
+    assert new.alg == alg
+    assert header_of(await admin_token(agentidp_client, org))["kid"] == new.kid
+
+
+# Keys from settings ---------------------------------------------------------------
+
+
+def _rsa_pair() -> tuple[rsa.RSAPrivateKey, str, str]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, private_pem, public_pem
+
+
+def rfc7638_thumbprint(public_key: rsa.RSAPublicKey) -> str:
+    """RFC 7638 §3: SHA-256 of the required members, sorted, without whitespace."""
+    numbers = public_key.public_numbers()
+
+    def uint(value: int) -> str:
+        return b64(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+    members = {"e": uint(numbers.e), "kty": "RSA", "n": uint(numbers.n)}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    return b64(hashlib.sha256(canonical).digest())
+
+
+PRIVATE, PRIVATE_PEM, PUBLIC_PEM = _rsa_pair()
+
+
+@pytest.mark.parametrize(
+    "agentidp_overrides",
+    [
+        {"JWT_PRIVATE_KEY": PRIVATE_PEM, "JWT_PUBLIC_KEY": PUBLIC_PEM},
+        # As an environment variable often carries it: newlines escaped.
+        {"JWT_PRIVATE_KEY": PRIVATE_PEM.replace("\n", "\\n")},
+    ],
+    indirect=True,
+    ids=["pair", "escaped_private_only"],
+)
+async def test_keys_from_settings_sign_and_are_published(agentidp_client, agentidp_idp):
+    idp = agentidp_idp
+    kid = rfc7638_thumbprint(PRIVATE.public_key())
+    org = await make_org(idp)
+    access = await admin_token(agentidp_client, org)
+    assert header_of(access) == {"alg": "RS256", "typ": "at+jwt", "kid": kid}
+
+    jwks = await jwks_of(agentidp_client)
+    assert [k["kid"] for k in jwks["keys"]] == [kid]
+    assert "d" not in jwks["keys"][0]
+    claims = jwt.decode(access, PUBLIC_PEM, algorithms=["RS256"], audience=ISSUER, issuer=ISSUER)
+    assert claims["org_id"] == org["org_id"]
+    assert verify(access, jwks) == claims
+
+    assert not idp.keys.uses_store
+    assert await idp.db.fetchval("SELECT COUNT(*) FROM signing_keys") == 0
+    with pytest.raises(KeyError_):
+        await idp.keys.rotate(idp.db, delay_s=0)
+    headers = await admin_headers(agentidp_client, org)
+    assert (await agentidp_client.get("/api/v1/agents", headers=headers)).status_code == 200
+
+
+def test_mismatched_public_key_is_refused(tmp_path):
+    _, _, other_public = _rsa_pair()
+    settings = load_settings(
+        env="test",
+        overrides={
+            "DATA_DIR": str(tmp_path),
+            "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+            "REDIS_URL": "memory://",
+            "JWT_PRIVATE_KEY": PRIVATE_PEM,
+            "JWT_PUBLIC_KEY": other_public,
+        },
+        environ={},
+    )
+    with pytest.raises(KeyError_, match="not the public half"):
+        create_app(settings)
+
+
+def test_garbage_private_key_is_refused(tmp_path):
+    settings = load_settings(
+        env="test",
+        overrides={
+            "DATA_DIR": str(tmp_path),
+            "REDIS_URL": "memory://",
+            "JWT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n",
+        },
+        environ={},
+    )
+    with pytest.raises(KeyError_):
+        create_app(settings)
+
+
+# The command line ---------------------------------------------------------------
+
+
+def _cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AGENTIDP_")
+        and k not in ("DATABASE_URL", "REDIS_URL", "JWT_PRIVATE_KEY", "JWT_PUBLIC_KEY")
+    }
+    env.update(
+        AGENTIDP_ENV="test",
+        DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+        REDIS_URL="memory://",
+        DATA_DIR=str(tmp_path),
+    )
+    return env
+
+
+def run_cli(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "agentidp"
+    result = subprocess.run(
+        [str(script), *args],
+        env=_cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def key_lines(tmp_path: Path) -> dict[str, list[str]]:
+    out = run_cli(tmp_path, "keys", "list").stdout
+    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_cli_orgs_and_keys(tmp_path):
+    migrated = run_cli(tmp_path, "db", "migrate")
+    assert "migration(s) applied" in migrated.stdout
+
+    created = run_cli(tmp_path, "orgs", "create", "Acme Corp", "--tier", "pro")
+    org = json.loads(created.stdout)
+    assert set(org) == {"org_id", "name", "tier", "client_id", "client_secret"}
+    assert (org["name"], org["tier"]) == ("Acme Corp", "pro")
+    assert all(isinstance(v, str) and v for v in org.values())
+    bad_tier = run_cli(tmp_path, "orgs", "create", "X", "--tier", "platinum", check=False)
+    assert bad_tier.returncode != 0
+
+    # The first `keys list` creates the first key.
+    keys = key_lines(tmp_path)
+    assert len(keys) == 1
+    (first, (alg, state, _when, source)) = next(iter(keys.items()))
+    assert (alg, state, source) == ("RS256", "active", "store")
+
+    rotated = run_cli(tmp_path, "keys", "rotate")
+    second = rotated.stdout.split("\t")[0]
+    assert "signs from" in rotated.stdout
+    keys = key_lines(tmp_path)
+    assert keys[first][1] == "active"
+    assert keys[second][1] == "published"
+
+    # Revoking a published key just unpublishes it.
+    revoked = run_cli(tmp_path, "keys", "revoke", second)
+    assert revoked.stdout.strip() == f"revoked {second}"
+    assert key_lines(tmp_path)[second][1] == "revoked"
+
+    # Revoking the signing key puts a new one to work at once.
+    revoked = run_cli(tmp_path, "keys", "revoke", first)
+    lines = revoked.stdout.strip().splitlines()
+    assert lines[0] == f"revoked {first}"
+    third = lines[1].split("\t")[0]
+    assert lines[1].endswith("signs now")
+    keys = key_lines(tmp_path)
+    assert keys[first][1] == keys[second][1] == "revoked"
+    assert keys[third][1] == "active"
+
+    missing = run_cli(tmp_path, "keys", "revoke", "no-such-kid", check=False)
+    assert missing.returncode != 0
+    assert "no unrevoked key no-such-kid" in missing.stderr
+
+    # The organisation the CLI created works against the server on the same database.
+    asyncio.run(_token_from_cli_org(tmp_path, org, third))
+
+
+async def _token_from_cli_org(tmp_path: Path, org: dict[str, str], kid: str) -> None:
+    settings = load_settings(
+        env="test",
+        overrides={
+            "DATA_DIR": str(tmp_path),
+            "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+            "REDIS_URL": "memory://",
+        },
+        environ={},
+    )
+    app = create_app(settings)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        body = await token(client, org["client_id"], org["client_secret"])
+        assert header_of(body["access_token"])["kid"] == kid
+        claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+        assert claims["org_id"] == org["org_id"]
+        assert "agents:write" in claims["scope"].split()

@@ -20,6 +20,7 @@ ADMIN_SCOPES = (
     "audit:read",
 )
 _FIELDS = "agent_id, org_id, client_id, kind, name, description, owner, deployment_env, scopes, metadata, status, created_at, updated_at"  # noqa: E501
+_READ = _FIELDS + ", tokens_valid_after"
 
 
 class AgentError(ValueError):
@@ -98,7 +99,7 @@ async def get_agent(db: Connection | Database, org_id: str, agent_id: str) -> di
     """The agent if it belongs to `org_id`; another org's agent is None (404)."""
     return _row(
         await db.fetchrow(
-            f"SELECT {_FIELDS} FROM agents WHERE agent_id = $1 AND org_id = $2 AND kind = 'agent'",
+            f"SELECT {_READ} FROM agents WHERE agent_id = $1 AND org_id = $2 AND kind = 'agent'",
             agent_id,
             org_id,
         )
@@ -106,11 +107,11 @@ async def get_agent(db: Connection | Database, org_id: str, agent_id: str) -> di
 
 
 async def get_by_client_id(db: Connection | Database, client_id: str) -> dict[str, Any] | None:
-    return _row(await db.fetchrow(f"SELECT {_FIELDS} FROM agents WHERE client_id = $1", client_id))
+    return _row(await db.fetchrow(f"SELECT {_READ} FROM agents WHERE client_id = $1", client_id))
 
 
 async def get_by_id(db: Connection | Database, agent_id: str) -> dict[str, Any] | None:
-    return _row(await db.fetchrow(f"SELECT {_FIELDS} FROM agents WHERE agent_id = $1", agent_id))
+    return _row(await db.fetchrow(f"SELECT {_READ} FROM agents WHERE agent_id = $1", agent_id))
 
 
 def encode_cursor(agent_id: str) -> str:
@@ -149,7 +150,7 @@ async def list_agents(
         where.append(f"agent_id > ${len(args)}")
     args.append(limit + 1)
     rows = await db.fetch(
-        f"SELECT {_FIELDS} FROM agents WHERE {' AND '.join(where)} "
+        f"SELECT {_READ} FROM agents WHERE {' AND '.join(where)} "
         f"ORDER BY agent_id LIMIT ${len(args)}",
         *args,
     )
@@ -168,11 +169,13 @@ async def update_agent(
     if current["status"] == "decommissioned":
         raise AgentError("a decommissioned agent cannot be changed")
     merged = {**current, **patch, "updated_at": now_ms()}
+    suspending = patch.get("status") == "suspended" and current["status"] != "suspended"
     if "scopes" in patch:
         merged["scopes"] = sorted(set(patch["scopes"]))
     await conn.execute(
         "UPDATE agents SET name = $1, description = $2, owner = $3, deployment_env = $4, "
-        "scopes = $5, metadata = $6, status = $7, updated_at = $8 "
+        "scopes = $5, metadata = $6, status = $7, updated_at = $8, "
+        "tokens_valid_after = CASE WHEN $11 THEN $12 ELSE tokens_valid_after END "
         "WHERE agent_id = $9 AND org_id = $10",
         merged["name"],
         merged["description"],
@@ -184,6 +187,8 @@ async def update_agent(
         merged["updated_at"],
         agent_id,
         org_id,
+        suspending,
+        merged["updated_at"] // 1000,
     )
     return merged
 

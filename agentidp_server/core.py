@@ -44,11 +44,11 @@ def register_migrations(idp: IdP) -> list[MigrationSet]:
 
 @hookimpl
 def register_blueprints(idp: IdP) -> list[Blueprint]:
-    from agentidp_server.api import agents, credentials
+    from agentidp_server.api import agents, credentials, operator
     from agentidp_server.oauth import endpoints
 
     idp.state.setdefault("core", {})["scopes_supported"] = list(ADMIN_SCOPES)
-    return [endpoints.blueprint, agents.blueprint, credentials.blueprint]
+    return [endpoints.blueprint, agents.blueprint, credentials.blueprint, operator.blueprint]
 
 
 @hookimpl
@@ -68,6 +68,26 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         "agentidp_agents_registered_total",
         "Agents registered",
         ["deployment_env"],
+        registry=registry,
+    )
+    state["rate_limit_hits"] = Counter(
+        "agentidp_rate_limit_hits_total", "Rate limit rejections", ["client_id"], registry=registry
+    )
+    state["tenant_api_calls"] = Counter(
+        "agentidp_tenant_api_calls_total",
+        "API calls per tenant per tier",
+        ["org_id", "tier"],
+        registry=registry,
+    )
+    state["billing_limit_rejections"] = Counter(
+        "agentidp_billing_limit_rejections_total",
+        "Tier limit enforcement rejections",
+        ["org_id", "limit_type"],
+        registry=registry,
+    )
+    state["rate_limit_fail_open"] = Counter(
+        "agentidp_rate_limit_fail_open_total",
+        "Requests let through unlimited because the kv was unavailable",
         registry=registry,
     )
     state["credentials_expiring"] = Gauge(

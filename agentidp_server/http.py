@@ -14,6 +14,7 @@ from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
 from agentidp_server.logs import request_id_var
+from agentidp_server.quotas import RateLimited
 from agentidp_server.storage.errors import StorageUnavailable
 
 access_log = logging.getLogger("agentidp.access")
@@ -56,6 +57,8 @@ def install(app: Quart, settings: Any) -> None:
     @app.after_request
     async def finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id") or str(uuid.uuid4())
+        for name, value in (g.get("rate_headers") or {}).items():
+            response.headers.setdefault(name, value)
         if settings.ACCESS_LOG:
             _access_line(response, settings.LOG_FORMAT == "json")
         return response
@@ -74,6 +77,15 @@ def install(app: Quart, settings: Any) -> None:
     async def api_error(error: ApiError) -> Response:
         response = jsonify(error_body(error.code, error.message))
         response.status_code = error.status
+        for name, value in error.headers.items():
+            response.headers[name] = value
+        return response
+
+    @app.errorhandler(RateLimited)
+    async def rate_limited(error: RateLimited) -> Response:
+        # The runbook's 429 body, on OAuth and management endpoints alike.
+        response = jsonify(error_body(error.code, error.message))
+        response.status_code = 429
         for name, value in error.headers.items():
             response.headers[name] = value
         return response

@@ -46,9 +46,11 @@ class IdP:
         self.command_observer: CommandObserver | None = None
         from agentidp_server.keys import Keyring
         from agentidp_server.oauth.rfc9068 import TokenService
+        from agentidp_server.quotas import Quotas
 
         self.keys = Keyring(settings)
         self.tokens = TokenService(self)
+        self.quotas = Quotas(self)
 
     @property
     def issuer(self) -> str:

@@ -1,7 +1,22 @@
-"""`GET /metrics` and the kernel's HTTP and storage metrics."""
+"""`GET /metrics` and the kernel's HTTP, storage and pool metrics.
+
+One process (`agentidp serve`, one worker per pod): the app's registry is
+exposed as it is. Several workers (`--workers N`): the supervisor sets
+`PROMETHEUS_MULTIPROC_DIR` before it starts them (runner.py), each worker's
+metrics live in memory-mapped files there, and a scrape answered by any
+worker aggregates every worker's files, so counts are right whichever worker
+answers. Multiprocess mode allows no custom collectors, so the pool gauges
+are plain gauges (`livesum`) refreshed per request and every few seconds.
+
+`METRICS_PORT` (0: the main port) moves `/metrics` to a second listener of
+the same server; the main port then answers 404 for it and the metrics port
+answers nothing else.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -9,25 +24,114 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from prometheus_client.openmetrics import exposition as openmetrics
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, abort, g, request
 
+from agentidp_server.background import BackgroundTask
 from agentidp_server.hookspecs import hookimpl
+from agentidp_server.settings import Setting
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+POOL_REFRESH_SECONDS = 5.0
+
 blueprint = Blueprint("metrics", __name__)
+
+
+def _port_or_zero(value: Any) -> str | None:
+    return None if 0 <= value < 65536 else f"must be between 0 and 65535, got {value!r}"
+
+
+@hookimpl
+def register_settings() -> list[Setting]:
+    return [
+        Setting(
+            "METRICS_PORT",
+            0,
+            "Serve `GET /metrics` on this separate (internal) port instead of PORT; "
+            "0 serves it on PORT",
+            int,
+            _port_or_zero,
+        ),
+        Setting(
+            "METRICS_HOST",
+            "",
+            "Address the METRICS_PORT listener binds; empty means HOST",
+        ),
+    ]
+
+
+def metrics_port(settings: Any) -> int:
+    """The separate metrics port, or 0 when `/metrics` is served on PORT."""
+    port = int(settings.get("METRICS_PORT") or 0)
+    return 0 if port == int(settings.PORT) else port
+
+
+def metrics_bind(settings: Any) -> str | None:
+    """The extra hypercorn bind for the metrics listener, if any."""
+    port = metrics_port(settings)
+    if not port:
+        return None
+    return f"{settings.get('METRICS_HOST') or settings.HOST}:{port}"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess mode, when this process runs in it."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def exposition_registry(idp: IdP) -> CollectorRegistry:
+    """What a scrape reads: every worker's files in multiprocess mode, else the app's registry."""
+    path = multiprocess_dir()
+    if path is None:
+        return idp.registry
+    state = idp.state.setdefault("core", {})
+    registry: CollectorRegistry | None = state.get("multiprocess_registry")
+    if registry is None:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+        state["multiprocess_registry"] = registry
+    return registry
+
+
+def _request_port() -> int | None:
+    server = request.scope.get("server")
+    if not server or len(server) < 2:
+        return None
+    try:
+        return int(server[1])
+    except (TypeError, ValueError):
+        return None
+
+
+@blueprint.before_app_request
+async def split_ports() -> None:
+    """With METRICS_PORT set: `/metrics` only there, and nothing else there."""
+    from agentidp_server.idp import current_idp
+
+    port = metrics_port(current_idp().settings)
+    if not port:
+        return
+    on_metrics_port = _request_port() == port
+    if on_metrics_port != (request.path == "/metrics"):
+        abort(404)
 
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     from agentidp_server.idp import current_idp
 
-    registry = current_idp().registry
+    idp = current_idp()
+    refresh_pool(idp)
+    registry = exposition_registry(idp)
     if "application/openmetrics-text" in request.headers.get("Accept", ""):
         return Response(
             openmetrics.generate_latest(registry),  # type: ignore[no-untyped-call]
@@ -77,9 +181,47 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         ["command"],
         registry=registry,
     )
+    # livesum: the workers' pools add up, and a dead worker's connections drop out.
+    active = Gauge(
+        "agentidp_db_pool_active_connections",
+        "Active database connections (in use by a request)",
+        registry=registry,
+        multiprocess_mode="livesum",
+    )
+    waiting = Gauge(
+        "agentidp_db_pool_waiting_requests",
+        "Requests waiting for a pool connection",
+        registry=registry,
+        multiprocess_mode="livesum",
+    )
     idp.query_observer = lambda operation, seconds: queries.labels(operation).observe(seconds)
     idp.command_observer = lambda command, seconds: commands.labels(command).observe(seconds)
-    idp.state.setdefault("core", {})["http_metrics"] = (requests, duration)
+    state = idp.state.setdefault("core", {})
+    state["http_metrics"] = (requests, duration)
+    state["pool_metrics"] = (active, waiting)
+
+
+def refresh_pool(idp: Any) -> None:
+    """Copy this worker's `pool_stats()` into the pool gauges (no-op before storage opens)."""
+    gauges = idp.state.get("core", {}).get("pool_metrics")
+    if gauges is None:
+        return
+    try:
+        in_use, waiting = idp.db.pool_stats()
+    except RuntimeError:  # storage not open (yet, or any more)
+        return
+    gauges[0].set(in_use)
+    gauges[1].set(waiting)
+
+
+@hookimpl
+def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
+    async def pool() -> None:
+        while True:
+            refresh_pool(idp)
+            await asyncio.sleep(POOL_REFRESH_SECONDS)
+
+    return [BackgroundTask("db-pool-metrics", pool)]
 
 
 def observe_request(idp: Any, status: int) -> None:
@@ -87,3 +229,47 @@ def observe_request(idp: Any, status: int) -> None:
     labels = (request.method, route_label(), str(status))
     requests.labels(*labels).inc()
     duration.labels(*labels).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+    refresh_pool(idp)
+
+
+class MultiprocessDir:
+    """The supervisor's side of multiprocess mode (runner.py).
+
+    `PROMETHEUS_MULTIPROC_DIR` from the environment is used (a volume an
+    operator wants to inspect), else a fresh temporary directory that is
+    removed at exit. Either way it is emptied of the previous run's files
+    before any worker starts: stale files would add old counts to new ones.
+    The variable is set in this process's environment so the spawned workers
+    inherit it before they import prometheus_client.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        configured = os.environ.get(MULTIPROC_ENV)
+        self.owned = not configured
+        self.path = configured or tempfile.mkdtemp(prefix="agentidp-metrics-")
+        os.makedirs(self.path, exist_ok=True)
+        self.wipe()
+        os.environ[MULTIPROC_ENV] = self.path
+        self._previous = configured
+
+    def wipe(self) -> None:
+        for name in os.listdir(self.path):
+            if name.endswith(".db"):
+                os.remove(os.path.join(self.path, name))
+
+    def worker_exited(self, pid: int | None) -> None:
+        """Drop a dead worker's live gauges (its counters still count)."""
+        if pid is None:
+            return
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.path)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        import shutil
+
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)

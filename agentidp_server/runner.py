@@ -21,6 +21,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.utils import wrap_app
 
 from agentidp_server.logs import configure_logging
+from agentidp_server.metrics import MultiprocessDir, metrics_bind
 
 log = logging.getLogger("agentidp")
 
@@ -30,6 +31,8 @@ SHUTDOWN_LINE = "Shutting down gracefully..."
 def hypercorn_config(settings: Any) -> Config:
     config = Config()
     config.bind = [f"{settings.HOST}:{settings.PORT}"]
+    if extra := metrics_bind(settings):  # METRICS_PORT: /metrics on its own listener
+        config.bind.append(extra)
     config.graceful_timeout = float(settings.GRACEFUL_TIMEOUT)
     config.accesslog = None  # the app writes its own access lines with request ids
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -123,6 +126,8 @@ def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
     workers = int(settings.WORKERS)
     config = hypercorn_config(settings)
     sockets = config.create_sockets()
+    # Before any worker starts: they inherit PROMETHEUS_MULTIPROC_DIR, emptied.
+    metrics_dir = MultiprocessDir()
     ctx = multiprocessing.get_context("spawn")
     shutdown = ctx.Event()
     ready = ctx.Semaphore(0)
@@ -170,7 +175,10 @@ def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
         process.join(timeout=deadline_grace)
         if process.is_alive():
             process.terminate()
+            process.join(timeout=5)
+        metrics_dir.worker_exited(process.pid)
     _close(sockets)
+    metrics_dir.close()
     codes = [p.exitcode for p in processes]
     return 1 if failed or (not stopping and any(c != 0 for c in codes)) else 0
 

@@ -242,6 +242,39 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting("RATE_LIMIT_WINDOW_MS", 60000, "Rate-limit window in milliseconds", int, _positive),
+    Setting("RATE_LIMIT_MAX", 100, "Requests one client may make per window", int, _positive),
+    Setting(
+        "AUTH_FAILURE_LIMIT",
+        20,
+        "Failed client authentications per presented client id and address per window",
+        int,
+        _positive,
+    ),
+    Setting("TIER_FREE_DAILY_CALLS", 1000, "API calls a day on the free tier (0: unlimited)", int),
+    Setting("TIER_FREE_DAILY_TOKENS", 1000, "Tokens a day on the free tier (0: unlimited)", int),
+    Setting("TIER_PRO_DAILY_CALLS", 100000, "API calls a day on the pro tier (0: unlimited)", int),
+    Setting("TIER_PRO_DAILY_TOKENS", 100000, "Tokens a day on the pro tier (0: unlimited)", int),
+    Setting(
+        "TIER_ENTERPRISE_DAILY_CALLS",
+        0,
+        "API calls a day on the enterprise tier (0: unlimited)",
+        int,
+    ),
+    Setting(
+        "TIER_ENTERPRISE_DAILY_TOKENS", 0, "Tokens a day on the enterprise tier (0: unlimited)", int
+    ),
+    Setting(
+        "METRICS_PER_ID_LABELS",
+        True,
+        "Keep the runbook's client_id/org_id metric labels; false drops them for very many agents",
+        bool,
+    ),
+    Setting(
+        "OPERATOR_TOKEN",
+        "",
+        "Bearer secret of the operator API (tier changes); empty disables that API",
+        secret=True,
+    ),
 )
 
 # The runbook's production requirements, worded as its error lines.

@@ -39,3 +39,21 @@ async def get_org(db: Database, org_id: str) -> dict[str, Any] | None:
         "JOIN tenant_tiers t ON t.org_id = o.org_id WHERE o.org_id = $1",
         org_id,
     )
+
+
+async def get_tier(db: Database, org_id: str) -> str | None:
+    tier = await db.fetchval("SELECT tier FROM tenant_tiers WHERE org_id = $1", org_id)
+    return str(tier) if tier is not None else None
+
+
+async def set_tier(db: Database, org_id: str, tier: str) -> bool:
+    """Change an organisation's tier; the next request is counted against it."""
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}")
+    changed = await db.execute(
+        "UPDATE tenant_tiers SET tier = $1, updated_at = $2 WHERE org_id = $3",
+        tier,
+        now_ms(),
+        org_id,
+    )
+    return changed > 0

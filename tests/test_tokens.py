@@ -78,3 +78,34 @@ async def test_agent_body_is_validated_from_the_model(agentidp_client, agentidp_
     assert body["code"] == "VALIDATION_ERROR"
     assert "scopes" in body["message"]
     assert "extra" in body["message"]
+
+
+async def test_reactivating_a_suspended_agent_does_not_revive_old_tokens(
+    agentidp_client, agentidp_idp
+):
+    import asyncio
+
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    agent, credential = await make_agent(agentidp_client, headers)
+    old = await token(agentidp_client, credential["client_id"], credential["client_secret"])
+    url = f"/api/v1/agents/{agent['agent_id']}"
+    assert (
+        await agentidp_client.patch(url, json={"status": "suspended"}, headers=headers)
+    ).status_code == 200
+    await asyncio.sleep(1.1)  # token times have one-second resolution
+    assert (
+        await agentidp_client.patch(url, json={"status": "active"}, headers=headers)
+    ).status_code == 200
+    new = await token(agentidp_client, credential["client_id"], credential["client_secret"])
+
+    async def active(value: str) -> bool:
+        response = await agentidp_client.post(
+            "/api/v1/token/introspect",
+            form={"token": value},
+            headers=basic(org["client_id"], org["client_secret"]),
+        )
+        return bool((await response.get_json())["active"])
+
+    assert await active(old["access_token"]) is False
+    assert await active(new["access_token"]) is True

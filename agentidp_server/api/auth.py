@@ -49,6 +49,10 @@ def require_scope(scope: str) -> Callable[[F], F]:
                     f"the token lacks the {scope} scope",
                     {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
                 )
+            window = await idp.quotas.client_request(str(claims["client_id"]))
+            if window is not None:
+                g.rate_headers = window.headers()
+            await idp.quotas.tier_limit(str(claims["org_id"]), "calls")
             g.principal = claims
             return await view(*args, **kwargs)
 

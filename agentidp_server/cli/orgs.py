@@ -52,3 +52,18 @@ def create(name: str, tier: str) -> None:
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result))
+
+
+@orgs.command("set-tier")
+@click.argument("org_id")
+@click.argument("tier", type=click.Choice(tenants.TIERS))
+def set_tier(org_id: str, tier: str) -> None:
+    """Move an organisation to another tier (applies to its next request)."""
+
+    async def main() -> bool:
+        async with open_idp() as idp:
+            return await tenants.set_tier(idp.db, org_id, tier)
+
+    if not asyncio.run(main()):
+        raise click.ClickException(f"no organisation {org_id}")
+    click.echo(json.dumps({"org_id": org_id, "tier": tier}))

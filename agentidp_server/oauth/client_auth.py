@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
-from quart import request
+from quart import g, request
 
 from agentidp_server import agents, credentials
 from agentidp_server.idp import IdP
@@ -66,6 +66,44 @@ def _basic() -> tuple[str, str] | None:
     client_id, secret = decoded.split(":", 1)
     # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
     return unquote_plus(client_id), unquote_plus(secret)
+
+
+def presented_client_id(params: dict[str, str]) -> str:
+    """The client id a request claims, before anything is verified (for failure limits)."""
+    try:
+        basic = _basic()
+    except OAuthError:
+        basic = None
+    if basic is not None:
+        return basic[0]
+    if "client_assertion" in params:
+        parts = params["client_assertion"].split(".")
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except (ValueError, IndexError):
+            claims = {}
+        if isinstance(claims, dict) and isinstance(claims.get("iss"), str):
+            return str(claims["iss"])
+    return params.get("client_id", "")
+
+
+async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) -> Client:
+    """`authenticate` under the failure limit, then the client's rate and tier limits."""
+    presented = presented_client_id(params)
+    address = request.remote_addr or "-"
+    await idp.quotas.authentication_allowed(presented, address)
+    try:
+        client = await authenticate(idp, params, endpoint)
+    except OAuthError as error:
+        if error.error == "invalid_client":
+            await idp.quotas.failed_authentication(presented, address)
+        raise
+    # Keyed by the canonical client_id from the store, so spelling variants share a bucket.
+    window = await idp.quotas.client_request(client.client_id)
+    if window is not None:
+        g.rate_headers = window.headers()
+    await idp.quotas.tier_limit(client.org_id, "calls")
+    return client
 
 
 async def authenticate(idp: IdP, params: dict[str, str], endpoint: str) -> Client:

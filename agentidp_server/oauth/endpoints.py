@@ -11,7 +11,7 @@ from quart_schema import DataSource, document_request
 
 from agentidp_server.api.models import TokenForm, TokenForm7662
 from agentidp_server.idp import IdP, current_idp
-from agentidp_server.oauth.client_auth import ASSERTION_ALGORITHMS, authenticate
+from agentidp_server.oauth.client_auth import ASSERTION_ALGORITHMS, authenticate_limited
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.params import read_params
 from agentidp_server.oauth.rfc9068 import InvalidToken
@@ -45,7 +45,7 @@ async def token() -> Response:
     """Issue an access token (RFC 6749 §4.4; form-encoded, or a JSON object)."""
     idp = current_idp()
     params = await read_params()
-    client = await authenticate(idp, params, idp.issuer + TOKEN_PATH)
+    client = await authenticate_limited(idp, params, idp.issuer + TOKEN_PATH)
     grant_type = params.get("grant_type")
     if not grant_type:
         raise OAuthError("invalid_request", "grant_type is required")
@@ -66,7 +66,7 @@ async def introspect() -> Response:
     """RFC 7662 token introspection; another organisation's token is inactive."""
     idp = current_idp()
     params = await read_params()
-    client = await authenticate(idp, params, idp.issuer + INTROSPECT_PATH)
+    client = await authenticate_limited(idp, params, idp.issuer + INTROSPECT_PATH)
     token_value = params.get("token")
     if not token_value:
         raise OAuthError("invalid_request", "token is required")
@@ -86,7 +86,7 @@ async def revoke() -> Response:
     """RFC 7009 token revocation (own tokens; an org admin: any of its org)."""
     idp = current_idp()
     params = await read_params()
-    client = await authenticate(idp, params, idp.issuer + REVOKE_PATH)
+    client = await authenticate_limited(idp, params, idp.issuer + REVOKE_PATH)
     token_value = params.get("token")
     if not token_value:
         raise OAuthError("invalid_request", "token is required")

@@ -59,6 +59,8 @@ class TokenService:
         lifetime: int | None = None,
     ) -> tuple[str, dict[str, Any]]:
         key = self.idp.keys.signing_key()
+        # Every grant mints here, so every issued token is counted against the tier.
+        await self.idp.quotas.tier_limit(agent["org_id"], "tokens")
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.idp.issuer,
@@ -77,6 +79,7 @@ class TokenService:
         claims.update(await self.idp.hooks.token_claims(self.idp, context))
         header = {"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid}
         token = jwt.encode(header, claims, key.key, algorithms=[key.alg])
+        await self.idp.quotas.token_issued(client_id)
         return token, claims
 
     def verify_signature(self, token: str) -> dict[str, Any]:
@@ -120,6 +123,9 @@ class TokenService:
         agent = await agents.get_by_id(self.idp.db, claims["sub"])
         if agent is None or agent["status"] != "active" or agent["org_id"] != claims["org_id"]:
             raise InvalidToken("Token's agent is not active")
+        cutoff = agent.get("tokens_valid_after")
+        if cutoff is not None and int(claims.get("iat", 0)) <= cutoff:
+            raise InvalidToken("Token was issued before the agent was suspended")
         credential_id = claims.get("credential_id")
         if isinstance(credential_id, str) and await credentials.is_revoked(
             self.idp.db, credential_id

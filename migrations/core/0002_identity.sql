@@ -13,6 +13,9 @@ CREATE TABLE agents (
     scopes TEXT NOT NULL,
     metadata TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'decommissioned')),
+    -- Unix seconds of the last suspension: tokens issued up to then stay inactive
+    -- even after the agent is reactivated.
+    tokens_valid_after BIGINT,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );

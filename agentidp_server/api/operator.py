@@ -1,0 +1,49 @@
+"""The operator API: changes only the server's operator may make (tiers).
+
+Authenticated by OPERATOR_TOKEN (compared in constant time); with no token
+configured the API does not exist (404).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from quart import Blueprint, Response, abort, jsonify, request
+from quart_schema import validate_request
+
+from agentidp_server import tenants
+from agentidp_server.http import ApiError
+from agentidp_server.idp import current_idp
+
+blueprint = Blueprint("operator", __name__)
+
+
+class TierChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tier: Literal["free", "pro", "enterprise"]
+
+
+@blueprint.before_request
+async def operator_only() -> None:
+    expected = str(current_idp().settings.OPERATOR_TOKEN or "")
+    if not expected:
+        abort(404)
+    header = request.headers.get("Authorization", "")
+    presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise ApiError(
+            401, "UNAUTHORIZED", "operator token required", {"WWW-Authenticate": "Bearer"}
+        )
+
+
+@blueprint.put("/api/v1/operator/orgs/<org_id>/tier")
+@validate_request(TierChange)
+async def change_tier(org_id: str, data: TierChange) -> Response:
+    """Move an organisation to another tier; applies to its next request."""
+    idp = current_idp()
+    if not await tenants.set_tier(idp.db, org_id, data.tier):
+        raise ApiError(404, "NOT_FOUND", "organisation not found")
+    return jsonify(org_id=org_id, tier=data.tier)

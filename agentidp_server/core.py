@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from agentidp_server.grants import GrantType
     from agentidp_server.idp import IdP
 
+log = logging.getLogger("agentidp.core")
 EXPIRING_WINDOW_MS = 7 * 24 * 3600 * 1000
 
 
@@ -44,11 +46,17 @@ def register_migrations(idp: IdP) -> list[MigrationSet]:
 
 @hookimpl
 def register_blueprints(idp: IdP) -> list[Blueprint]:
-    from agentidp_server.api import agents, credentials, operator
+    from agentidp_server.api import agents, audit, credentials, operator
     from agentidp_server.oauth import endpoints
 
     idp.state.setdefault("core", {})["scopes_supported"] = list(ADMIN_SCOPES)
-    return [endpoints.blueprint, agents.blueprint, credentials.blueprint, operator.blueprint]
+    return [
+        endpoints.blueprint,
+        agents.blueprint,
+        credentials.blueprint,
+        operator.blueprint,
+        audit.blueprint,
+    ]
 
 
 @hookimpl
@@ -90,6 +98,12 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         "Requests let through unlimited because the kv was unavailable",
         registry=registry,
     )
+    state["audit_integrity"] = Gauge(
+        "agentidp_audit_chain_integrity",
+        "1 if audit chain is intact, 0 if broken",
+        registry=registry,
+        multiprocess_mode="min",
+    )
     state["credentials_expiring"] = Gauge(
         "agentidp_credentials_expiring_soon_total",
         "Credentials expiring within 7 days",
@@ -104,6 +118,8 @@ def lifespan(idp: IdP) -> AsyncIterator[None]:
     async def keys_loaded() -> AsyncIterator[None]:
         await idp.keys.load(idp.db)
         yield
+        # Hand plugins what committed before shutdown.
+        await idp.audit.drain(float(idp.settings.SHUTDOWN_TASK_TIMEOUT))
 
     return keys_loaded()  # type: ignore[return-value]
 
@@ -129,12 +145,41 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
             await refresh_expiring(idp)
             await asyncio.sleep(60)
 
-    return [BackgroundTask("keys-refresh", keys), BackgroundTask("credentials-expiring", expiring)]
+    async def audit_integrity() -> None:
+        while True:
+            await refresh_audit_integrity(idp)
+            await asyncio.sleep(float(idp.settings.AUDIT_VERIFY_INTERVAL))
+
+    return [
+        BackgroundTask("keys-refresh", keys),
+        BackgroundTask("credentials-expiring", expiring),
+        BackgroundTask("audit-dispatch", idp.audit.dispatch_forever),
+        BackgroundTask("audit-integrity", audit_integrity),
+    ]
+
+
+async def refresh_audit_integrity(idp: IdP) -> bool:
+    """Verify every chain; the gauge is 1 only while all are intact."""
+    from agentidp_server.audit import verify_all
+
+    reports = await verify_all(idp.db)
+    intact = all(r.intact for r in reports)
+    for report in reports:
+        if not report.intact:
+            log.error(
+                "audit chain of %s broken at seq %s: %s",
+                report.org_id,
+                report.first_broken_seq,
+                report.reason,
+            )
+    idp.state["core"]["audit_integrity"].set(1 if intact else 0)
+    return intact
 
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from agentidp_server.cli import keys, orgs
+    from agentidp_server.cli import audit, keys, orgs
 
+    cli.add_command(audit.audit)
     cli.add_command(orgs.orgs)
     cli.add_command(keys.keys)

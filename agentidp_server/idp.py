@@ -44,6 +44,7 @@ class IdP:
         self._kv: KV | None = None
         self.query_observer: QueryObserver | None = None
         self.command_observer: CommandObserver | None = None
+        from agentidp_server.audit import AuditLog
         from agentidp_server.keys import Keyring
         from agentidp_server.oauth.rfc9068 import TokenService
         from agentidp_server.quotas import Quotas
@@ -51,6 +52,7 @@ class IdP:
         self.keys = Keyring(settings)
         self.tokens = TokenService(self)
         self.quotas = Quotas(self)
+        self.audit = AuditLog(self)
 
     @property
     def issuer(self) -> str:

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -25,6 +25,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwk
 
 from agentidp_server.storage.db import Database, lock_key
+
+if TYPE_CHECKING:
+    from agentidp_server.audit import AuditLog
 
 log = logging.getLogger("agentidp.keys")
 
@@ -181,7 +184,12 @@ class Keyring:
         ]
 
     async def rotate(
-        self, db: Database, delay_s: float | None = None, *, only_if_empty: bool = False
+        self,
+        db: Database,
+        delay_s: float | None = None,
+        *,
+        only_if_empty: bool = False,
+        audit: AuditLog | None = None,
     ) -> SigningKey | None:
         """Add a key that is published now and signs after the activation delay."""
         if not self.uses_store:
@@ -207,17 +215,39 @@ class Keyring:
                 now,
                 now + int(delay * 1000),
             )
+            if audit is not None:
+                event = await audit.append(
+                    conn,
+                    org_id=None,
+                    action="key.rotated",
+                    target_type="signing_key",
+                    target_id=str(key.kid),
+                    details={"alg": alg, "activates_at": now + int(delay * 1000)},
+                )
+        if audit is not None:
+            audit.published(event)
         log.info(
             "Signing key %s (%s) added; it signs from %d", key.kid, alg, now + int(delay * 1000)
         )
         return SigningKey(str(key.kid), alg, key, now, now + int(delay * 1000))
 
-    async def revoke(self, db: Database, kid: str) -> bool:
-        count = await db.execute(
-            "UPDATE signing_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL",
-            _now_ms(),
-            kid,
-        )
+    async def revoke(self, db: Database, kid: str, audit: AuditLog | None = None) -> bool:
+        async with db.transaction() as conn:
+            count = await conn.execute(
+                "UPDATE signing_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL",
+                _now_ms(),
+                kid,
+            )
+            if count and audit is not None:
+                event = await audit.append(
+                    conn,
+                    org_id=None,
+                    action="key.revoked",
+                    target_type="signing_key",
+                    target_id=kid,
+                )
+        if count and audit is not None:
+            audit.published(event)
         return count > 0
 
     def states(self, now: int | None = None) -> list[tuple[SigningKey, str]]:

@@ -270,6 +270,13 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         bool,
     ),
     Setting(
+        "AUDIT_VERIFY_INTERVAL",
+        300,
+        "Seconds between background verifications of every audit chain (the integrity gauge)",
+        (int, float),
+        _positive,
+    ),
+    Setting(
         "OPERATOR_TOKEN",
         "",
         "Bearer secret of the operator API (tier changes); empty disables that API",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentidp_server.ids import new_id, now_ms
 from agentidp_server.storage.db import Connection, Database
+
+if TYPE_CHECKING:
+    from agentidp_server.idp import IdP
 
 TIERS = ("free", "pro", "enterprise")
 
@@ -46,7 +49,7 @@ async def get_tier(db: Database, org_id: str) -> str | None:
     return str(tier) if tier is not None else None
 
 
-async def set_tier(db: Database, org_id: str, tier: str) -> bool:
+async def set_tier(db: Connection | Database, org_id: str, tier: str) -> bool:
     """Change an organisation's tier; the next request is counted against it."""
     if tier not in TIERS:
         raise ValueError(f"tier must be one of {', '.join(TIERS)}")
@@ -57,3 +60,19 @@ async def set_tier(db: Database, org_id: str, tier: str) -> bool:
         org_id,
     )
     return changed > 0
+
+
+async def change_tier(idp: IdP, conn: Connection, org_id: str, tier: str, by: str) -> bool:
+    """Set the tier and record it in the organisation's audit chain, in one transaction."""
+    before = await conn.fetchval("SELECT tier FROM tenant_tiers WHERE org_id = $1", org_id)
+    if not await set_tier(conn, org_id, tier):
+        return False
+    await idp.audit.append(
+        conn,
+        org_id=org_id,
+        action="tier.changed",
+        target_type="organization",
+        target_id=org_id,
+        details={"from": before, "to": tier, "by": by},
+    )
+    return True

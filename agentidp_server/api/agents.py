@@ -8,7 +8,7 @@ from quart import Blueprint, Response, jsonify, request
 from quart_schema import validate_request
 
 from agentidp_server import agents
-from agentidp_server.api.auth import ApiError, principal_org, require_scope
+from agentidp_server.api.auth import ApiError, principal_actor, principal_org, require_scope
 from agentidp_server.api.models import AgentCreate, AgentUpdate
 from agentidp_server.idp import current_idp
 
@@ -35,8 +35,22 @@ async def create(data: AgentCreate) -> tuple[Response, int]:
     try:
         async with idp.db.transaction() as conn:
             agent = await agents.create_agent(conn, principal_org(), data.model_dump())
+            event = await idp.audit.append(
+                conn,
+                org_id=agent["org_id"],
+                action="agent.created",
+                actor=principal_actor(),
+                target_type="agent",
+                target_id=agent["agent_id"],
+                details={
+                    "name": agent["name"],
+                    "deployment_env": agent["deployment_env"],
+                    "scopes": agent["scopes"],
+                },
+            )
     except agents.AgentError as error:
         raise _bad(error) from None
+    idp.audit.published(event)
     counter = idp.state["core"].get("agents_registered")
     if counter is not None:
         counter.labels(agent["deployment_env"]).inc()
@@ -85,14 +99,29 @@ async def update(agent_id: str, data: AgentUpdate) -> Response:
     try:
         async with idp.db.transaction() as conn:
             agent = await agents.update_agent(conn, principal_org(), agent_id, patch)
+            event = None
+            if agent is not None:
+                action = {"suspended": "agent.suspended", "active": "agent.changed"}.get(
+                    str(patch.get("status")), "agent.changed"
+                )
+                event = await idp.audit.append(
+                    conn,
+                    org_id=agent["org_id"],
+                    action=action,
+                    actor=principal_actor(),
+                    target_type="agent",
+                    target_id=agent_id,
+                    details={"fields": sorted(patch)},
+                )
     except agents.AgentError as error:
         raise ApiError(
             409 if "decommissioned" in str(error) else 400,
             "CONFLICT" if "decommissioned" in str(error) else "VALIDATION_ERROR",
             str(error),
         ) from None
-    if agent is None:
+    if agent is None or event is None:
         raise ApiError(404, "NOT_FOUND", "agent not found")
+    idp.audit.published(event)
     return jsonify(agents.public_view(agent))
 
 
@@ -102,5 +131,15 @@ async def delete(agent_id: str) -> Response:
     idp = current_idp()
     await agent_or_404(agent_id)
     async with idp.db.transaction() as conn:
-        await agents.decommission_agent(conn, principal_org(), agent_id)
+        if not await agents.decommission_agent(conn, principal_org(), agent_id):
+            raise ApiError(404, "NOT_FOUND", "agent not found")
+        event = await idp.audit.append(
+            conn,
+            org_id=principal_org(),
+            action="agent.deleted",
+            actor=principal_actor(),
+            target_type="agent",
+            target_id=agent_id,
+        )
+    idp.audit.published(event)
     return Response(status=204)

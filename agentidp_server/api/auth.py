@@ -8,12 +8,13 @@ from typing import Any, TypeVar
 
 from quart import g, request
 
+from agentidp_server.audit import Actor
 from agentidp_server.http import ApiError
 from agentidp_server.idp import current_idp
 from agentidp_server.oauth.rfc9068 import InvalidToken
 
 # ApiError is re-exported for the route modules.
-__all__ = ["ApiError", "principal_org", "require_scope"]
+__all__ = ["ApiError", "principal_actor", "principal_org", "require_scope"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -63,3 +64,8 @@ def require_scope(scope: str) -> Callable[[F], F]:
 
 def principal_org() -> str:
     return str(g.principal["org_id"])
+
+
+def principal_actor() -> Actor:
+    """The authenticated caller, as an audit actor."""
+    return Actor(client_id=str(g.principal["client_id"]), agent_id=str(g.principal["sub"]))

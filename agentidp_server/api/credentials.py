@@ -7,7 +7,7 @@ from quart_schema import validate_request
 
 from agentidp_server import credentials
 from agentidp_server.api.agents import agent_or_404
-from agentidp_server.api.auth import ApiError, require_scope
+from agentidp_server.api.auth import ApiError, principal_actor, require_scope
 from agentidp_server.api.models import CredentialCreate
 from agentidp_server.idp import current_idp
 
@@ -25,16 +25,31 @@ async def create(agent_id: str, data: CredentialCreate) -> tuple[Response, int]:
         raise ApiError(409, "CONFLICT", f"the agent is {agent['status']}")
     expires_at = int(data.expires_at.timestamp() * 1000) if data.expires_at else None
     try:
-        if data.type == "client_secret":
-            if data.jwk is not None:
-                raise credentials.CredentialError("a client_secret credential takes no jwk")
-            created = await credentials.create_secret(
-                idp.db, agent, idp.settings.CREDENTIAL_PEPPER, expires_at
+        async with idp.db.transaction() as conn:
+            if data.type == "client_secret":
+                if data.jwk is not None:
+                    raise credentials.CredentialError("a client_secret credential takes no jwk")
+                created = await credentials.create_secret(
+                    conn, agent, idp.settings.CREDENTIAL_PEPPER, expires_at
+                )
+            else:
+                created = await credentials.create_key(conn, agent, data.jwk, expires_at)
+            event = await idp.audit.append(
+                conn,
+                org_id=agent["org_id"],
+                action="credential.created",
+                actor=principal_actor(),
+                target_type="credential",
+                target_id=created["credential_id"],
+                details={
+                    "agent_id": agent["agent_id"],
+                    "type": data.type,
+                    "expires_at": created["expires_at"],
+                },
             )
-        else:
-            created = await credentials.create_key(idp.db, agent, data.jwk, expires_at)
     except credentials.CredentialError as error:
         raise ApiError(400, "VALIDATION_ERROR", str(error)) from None
+    idp.audit.published(event)
     response = jsonify(created)
     response.headers["Cache-Control"] = "no-store"  # the secret is shown once
     return response, 201
@@ -51,7 +66,19 @@ async def list_(agent_id: str) -> Response:
 @blueprint.delete("/api/v1/agents/<agent_id>/credentials/<credential_id>")
 @require_scope("credentials:write")
 async def revoke(agent_id: str, credential_id: str) -> Response:
+    idp = current_idp()
     agent = await agent_or_404(agent_id)
-    if not await credentials.revoke(current_idp().db, agent["agent_id"], credential_id):
-        raise ApiError(404, "NOT_FOUND", "credential not found or already revoked")
+    async with idp.db.transaction() as conn:
+        if not await credentials.revoke(conn, agent["agent_id"], credential_id):
+            raise ApiError(404, "NOT_FOUND", "credential not found or already revoked")
+        event = await idp.audit.append(
+            conn,
+            org_id=agent["org_id"],
+            action="credential.revoked",
+            actor=principal_actor(),
+            target_type="credential",
+            target_id=credential_id,
+            details={"agent_id": agent["agent_id"]},
+        )
+    idp.audit.published(event)
     return Response(status=204)

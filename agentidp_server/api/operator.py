@@ -44,6 +44,8 @@ async def operator_only() -> None:
 async def change_tier(org_id: str, data: TierChange) -> Response:
     """Move an organisation to another tier; applies to its next request."""
     idp = current_idp()
-    if not await tenants.set_tier(idp.db, org_id, data.tier):
+    async with idp.db.transaction() as conn:
+        changed = await tenants.change_tier(idp, conn, org_id, data.tier, "operator-api")
+    if not changed:
         raise ApiError(404, "NOT_FOUND", "organisation not found")
     return jsonify(org_id=org_id, tier=data.tier)

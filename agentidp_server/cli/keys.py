@@ -45,7 +45,7 @@ def rotate(delay: float | None) -> None:
 
     async def main() -> None:
         async with open_idp() as idp:
-            key = await idp.keys.rotate(idp.db, delay)
+            key = await idp.keys.rotate(idp.db, delay, audit=idp.audit)
             if key is not None:
                 click.echo(f"{key.kid}\t{key.alg}\tsigns from {_when(key.activates_at)}")
 
@@ -65,11 +65,11 @@ def revoke(kid: str) -> None:
         async with open_idp() as idp:
             await idp.keys.load(idp.db)
             was_signing = any(k.kid == kid and s == "active" for k, s in idp.keys.states())
-            if not await idp.keys.revoke(idp.db, kid):
+            if not await idp.keys.revoke(idp.db, kid, audit=idp.audit):
                 raise click.ClickException(f"no unrevoked key {kid}")
             click.echo(f"revoked {kid}")
             if was_signing:
-                key = await idp.keys.rotate(idp.db, 0)
+                key = await idp.keys.rotate(idp.db, 0, audit=idp.audit)
                 if key is not None:
                     click.echo(f"{key.kid}\t{key.alg}\tsigns now")
 

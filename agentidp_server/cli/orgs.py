@@ -9,6 +9,7 @@ import click
 
 from agentidp_server import agents, credentials, tenants
 from agentidp_server.cli import open_idp
+from agentidp_server.tenants import change_tier
 
 
 @click.group()
@@ -39,6 +40,14 @@ def create(name: str, tier: str) -> None:
             secret = await credentials.create_secret(
                 conn, admin, idp.settings.CREDENTIAL_PEPPER, None
             )
+            await idp.audit.append(
+                conn,
+                org_id=org["org_id"],
+                action="organization.created",
+                target_type="organization",
+                target_id=org["org_id"],
+                details={"name": org["name"], "tier": tier, "admin_client_id": admin["client_id"]},
+            )
         return {
             "org_id": org["org_id"],
             "name": org["name"],
@@ -61,8 +70,8 @@ def set_tier(org_id: str, tier: str) -> None:
     """Move an organisation to another tier (applies to its next request)."""
 
     async def main() -> bool:
-        async with open_idp() as idp:
-            return await tenants.set_tier(idp.db, org_id, tier)
+        async with open_idp() as idp, idp.db.transaction() as conn:
+            return await change_tier(idp, conn, org_id, tier, "cli")
 
     if not asyncio.run(main()):
         raise click.ClickException(f"no organisation {org_id}")

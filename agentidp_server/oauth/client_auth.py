@@ -20,6 +20,7 @@ from joserfc.errors import JoseError
 from quart import g, request
 
 from agentidp_server import agents, credentials
+from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP
 from agentidp_server.ids import hash_secret
 from agentidp_server.oauth.errors import OAuthError, invalid_client
@@ -97,6 +98,18 @@ async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) 
     except OAuthError as error:
         if error.error == "invalid_client":
             await idp.quotas.failed_authentication(presented, address)
+            known = await agents.get_by_client_id(idp.db, presented) if presented else None
+            await idp.audit.record(
+                idp.db,
+                org_id=known["org_id"] if known else None,
+                action="client.authentication_failed",
+                outcome="failure",
+                actor=Actor(client_id=presented[:128] or None),
+                target_type="client",
+                target_id=known["client_id"] if known else None,
+                reason=error.description,
+                details={"endpoint": request.path},
+            )
         raise
     # Keyed by the canonical client_id from the store, so spelling variants share a bucket.
     window = await idp.quotas.client_request(client.client_id)

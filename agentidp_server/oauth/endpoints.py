@@ -10,6 +10,7 @@ from quart import Blueprint, Response
 from quart_schema import DataSource, document_request
 
 from agentidp_server.api.models import TokenForm, TokenForm7662
+from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import ASSERTION_ALGORITHMS, authenticate_limited
 from agentidp_server.oauth.errors import OAuthError
@@ -103,6 +104,15 @@ async def revoke() -> Response:
     if not (own or org_admin):
         raise OAuthError("unauthorized_client", "the token was not issued to this client")
     await idp.tokens.revoke(claims)
+    await idp.audit.record(
+        idp.db,
+        org_id=claims["org_id"],
+        action="token.revoked",
+        actor=Actor(client_id=client.client_id, agent_id=str(client.agent["agent_id"])),
+        target_type="token",
+        target_id=claims["jti"],
+        details={"by": "owner" if own else "org_admin"},
+    )
     return _json({})
 
 

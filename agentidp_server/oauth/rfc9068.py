@@ -14,6 +14,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 
 from agentidp_server import agents, credentials
+from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP
 from agentidp_server.ids import new_id, now_ms
 from agentidp_server.storage.errors import Conflict, StorageUnavailable
@@ -79,6 +80,23 @@ class TokenService:
         claims.update(await self.idp.hooks.token_claims(self.idp, context))
         header = {"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid}
         token = jwt.encode(header, claims, key.key, algorithms=[key.alg])
+        # The token is returned only once its issuance event has committed.
+        await self.idp.audit.record(
+            self.idp.db,
+            org_id=agent["org_id"],
+            action="token.issued",
+            actor=Actor(client_id=client_id, agent_id=agent["agent_id"]),
+            target_type="token",
+            target_id=claims["jti"],
+            details={
+                "grant_type": grant_type,
+                "scope": claims["scope"],
+                "aud": claims["aud"],
+                "exp": claims["exp"],
+                "credential_id": credential_id,
+                **({"act": claims["act"]} if "act" in claims else {}),
+            },
+        )
         await self.idp.quotas.token_issued(client_id)
         return token, claims
 

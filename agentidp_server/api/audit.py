@@ -1,0 +1,65 @@
+"""`/api/v1/audit`: an organisation's audit events, and verification of its chain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from agentidp_server.api.auth import ApiError, principal_org, require_scope
+from agentidp_server.audit import public_view, verify_chain
+from agentidp_server.idp import current_idp
+from agentidp_server.ids import parse_iso
+
+blueprint = Blueprint("audit", __name__)
+
+
+def _time(name: str) -> int | None:
+    value = request.args.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_iso(value)
+    except ValueError:
+        raise ApiError(400, "VALIDATION_ERROR", f"{name} must be an RFC 3339 time") from None
+
+
+@blueprint.get("/api/v1/audit")
+@require_scope("audit:read")
+async def list_events() -> Response:
+    """Events in chain order; filter by action, agent and time range; cursor = last seq."""
+    args = request.args
+    try:
+        limit = int(args.get("limit", "100"))
+        after = int(args.get("cursor", "0"))
+    except ValueError:
+        raise ApiError(400, "VALIDATION_ERROR", "limit and cursor must be integers") from None
+    if not 1 <= limit <= 500:
+        raise ApiError(400, "VALIDATION_ERROR", "limit must be between 1 and 500")
+    where, params = ["org_id = $1", "seq > $2"], [principal_org(), after]
+    filters: list[tuple[str, Any]] = [
+        ("action = ${}", args.get("action")),
+        ("(actor_agent_id = ${0} OR target_id = ${0})", args.get("agent_id")),
+        ("occurred_at >= ${}", _time("since")),
+        ("occurred_at < ${}", _time("until")),
+    ]
+    for clause, value in filters:
+        if value is not None:
+            params.append(value)
+            where.append(clause.format(len(params)))
+    params.append(limit + 1)
+    rows = await current_idp().db.fetch(
+        f"SELECT * FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(params)}",
+        *params,
+    )
+    page = rows[:limit]
+    cursor = str(page[-1]["seq"]) if len(rows) > limit else None
+    return jsonify(data=[public_view(r) for r in page], next_cursor=cursor)
+
+
+@blueprint.get("/api/v1/audit/verify")
+@require_scope("audit:read")
+async def verify() -> Response:
+    """Recompute the caller's chain; name the first broken sequence number and why."""
+    report = await verify_chain(current_idp().db, principal_org())
+    return jsonify(report.as_dict())

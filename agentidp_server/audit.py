@@ -1,0 +1,243 @@
+"""The tamper-evident audit log: one hash chain per organisation.
+
+Each event stores its position (`seq`), the previous event's hash and its own
+hash: SHA-256 over the RFC 8785 (JCS) canonical JSON of every other field. An
+event is appended in the same transaction as the change it records, under the
+chain head's row lock; `(org_id, seq)` is the primary key, so a fork is
+impossible, not merely unlikely. Events carry no secrets and no tokens (a
+`jti` is fine). After commit, events are handed to plugins (the `audit_event`
+hook) off the request path, in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import rfc8785
+from quart import g, has_request_context, request
+
+from agentidp_server.ids import iso, new_id, now_ms
+from agentidp_server.storage.db import Connection, Database
+
+if TYPE_CHECKING:
+    from agentidp_server.idp import IdP
+
+log = logging.getLogger("agentidp.audit")
+
+GENESIS = "0" * 64
+# Events whose organisation is unknown (a failed login with an unknown client id).
+SYSTEM_ORG = "system"
+_COLUMNS = (
+    "org_id", "seq", "event_id", "occurred_at", "action", "actor_client_id", "actor_agent_id",
+    "target_type", "target_id", "outcome", "reason", "request_id", "source_ip", "details",
+    "prev_hash",
+)  # fmt: skip
+_SECRET_KEYS = {"client_secret", "secret", "password", "access_token", "token", "assertion"}
+
+
+def event_hash(event: Mapping[str, Any]) -> str:
+    """SHA-256 of the RFC 8785 canonical form of every field but `hash`."""
+    body = {name: event[name] for name in _COLUMNS}
+    if isinstance(body["details"], str):
+        body["details"] = json.loads(body["details"])
+    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+
+
+def _clean(details: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse to store anything that looks like a secret or a token."""
+    for key, value in details.items():
+        if key.lower() in _SECRET_KEYS:
+            raise ValueError(f"audit details may not contain {key!r}")
+        if isinstance(value, float):
+            raise ValueError("audit details may not contain floats (canonical form)")
+        if isinstance(value, str) and value.startswith("eyJ") and value.count(".") == 2:
+            raise ValueError(f"audit detail {key!r} looks like a token")
+    return dict(details)
+
+
+@dataclass(frozen=True)
+class Actor:
+    client_id: str | None = None
+    agent_id: str | None = None
+
+
+class AuditLog:
+    def __init__(self, idp: IdP) -> None:
+        self.idp = idp
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def append(
+        self,
+        conn: Connection,
+        *,
+        org_id: str | None,
+        action: str,
+        outcome: str = "success",
+        actor: Actor | None = None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Append one event inside the caller's transaction; return it.
+
+        The caller commits; the event reaches plugins only once `published()`
+        is called after that commit (see `record`).
+        """
+        org = org_id or SYSTEM_ORG
+        lock = " FOR UPDATE" if conn.dialect == "postgresql" else ""
+        head = await conn.fetchrow(
+            f"SELECT seq, hash FROM audit_heads WHERE org_id = $1{lock}", org
+        )
+        if head is None:
+            await conn.execute(
+                "INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2) "
+                "ON CONFLICT (org_id) DO NOTHING",
+                org,
+                GENESIS,
+            )
+            head = await conn.fetchrow(
+                f"SELECT seq, hash FROM audit_heads WHERE org_id = $1{lock}", org
+            )
+        assert head is not None
+        actor = actor or Actor()
+        event: dict[str, Any] = {
+            "org_id": org,
+            "seq": int(head["seq"]) + 1,
+            "event_id": new_id(),
+            "occurred_at": now_ms(),
+            "action": action,
+            "actor_client_id": actor.client_id,
+            "actor_agent_id": actor.agent_id,
+            "target_type": target_type,
+            "target_id": target_id,
+            "outcome": outcome,
+            "reason": reason,
+            "request_id": g.get("request_id") if has_request_context() else None,
+            "source_ip": request.remote_addr if has_request_context() else None,
+            "details": _clean(details or {}),
+            "prev_hash": head["hash"],
+        }
+        event["hash"] = event_hash(event)
+        await conn.execute(
+            f"INSERT INTO audit_events ({', '.join(_COLUMNS)}, hash) VALUES "
+            f"({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 2))})",
+            *[json.dumps(event[c]) if c == "details" else event[c] for c in _COLUMNS],
+            event["hash"],
+        )
+        await conn.execute(
+            "UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3",
+            event["seq"],
+            event["hash"],
+            org,
+        )
+        return event
+
+    async def record(self, db: Database, **fields: Any) -> dict[str, Any]:
+        """Append in a transaction of its own, commit, then publish."""
+        async with db.transaction() as conn:
+            event = await self.append(conn, **fields)
+        self.published(event)
+        return event
+
+    def published(self, *events: dict[str, Any]) -> None:
+        """Hand committed events to the plugin dispatcher (never before commit)."""
+        for event in events:
+            self._queue.put_nowait(event)
+
+    async def dispatch_forever(self) -> None:
+        """Deliver committed events to plugins one at a time, in commit order."""
+        while True:
+            event = await self._queue.get()
+            await self.idp.hooks.audit_event(self.idp, public_view(event))
+
+    async def drain(self, timeout: float) -> None:
+        """Deliver what is queued (at shutdown)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._queue.empty():
+                    event = self._queue.get_nowait()
+                    await self.idp.hooks.audit_event(self.idp, public_view(event))
+        except TimeoutError:
+            log.warning("%d audit events not delivered to plugins at shutdown", self._queue.qsize())
+
+
+def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    event = dict(row)
+    if isinstance(event.get("details"), str):
+        event["details"] = json.loads(event["details"])
+    event["occurred_at"] = iso(event["occurred_at"])
+    return event
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    org_id: str
+    events: int
+    intact: bool
+    first_broken_seq: int | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "org_id": self.org_id,
+            "events": self.events,
+            "intact": self.intact,
+            "first_broken_seq": self.first_broken_seq,
+            "reason": self.reason,
+        }
+
+
+async def verify_chain(db: Database, org_id: str, batch: int = 1000) -> ChainReport:
+    """Recompute one chain; report the first broken position and why."""
+    expected_seq, expected_prev, count = 1, GENESIS, 0
+    last_seq = 0
+    while True:
+        rows = await db.fetch(
+            "SELECT * FROM audit_events WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            org_id,
+            last_seq,
+            batch,
+        )
+        for row in rows:
+            count += 1
+            if row["seq"] != expected_seq:
+                return ChainReport(
+                    org_id, count, False, expected_seq, f"event {expected_seq} was deleted"
+                )
+            if event_hash(row) != row["hash"]:
+                return ChainReport(org_id, count, False, row["seq"], "event was edited")
+            if row["prev_hash"] != expected_prev:
+                return ChainReport(
+                    org_id, count, False, row["seq"], "event was inserted or reordered"
+                )
+            expected_seq, expected_prev = row["seq"] + 1, row["hash"]
+        if len(rows) < batch:
+            break
+        last_seq = rows[-1]["seq"]
+    head = await db.fetchrow("SELECT seq, hash FROM audit_heads WHERE org_id = $1", org_id)
+    if head is not None and (head["seq"] != expected_seq - 1 or head["hash"] != expected_prev):
+        return ChainReport(
+            org_id,
+            count,
+            False,
+            expected_seq,
+            "events after this position were deleted (truncated)",
+        )
+    return ChainReport(org_id, count, True)
+
+
+async def verify_all(db: Database, org_id: str | None = None) -> list[ChainReport]:
+    if org_id is not None:
+        return [await verify_chain(db, org_id)]
+    rows = await db.fetch(
+        "SELECT org_id FROM audit_heads UNION SELECT DISTINCT org_id FROM audit_events "
+        "ORDER BY org_id"
+    )
+    return [await verify_chain(db, r["org_id"]) for r in rows]

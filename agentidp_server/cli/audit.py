@@ -1,0 +1,33 @@
+"""`agentidp audit verify`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+
+from agentidp_server.audit import verify_all
+from agentidp_server.cli import open_idp
+
+
+@click.group()
+def audit() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.option("--org", "org_id", help="Verify one organisation's chain (default: all).")
+def verify(org_id: str | None) -> None:
+    """Recompute hash chains; exit 1 naming the first broken event when one is broken."""
+
+    async def main() -> list[dict[str, object]]:
+        async with open_idp() as idp:
+            return [r.as_dict() for r in await verify_all(idp.db, org_id)]
+
+    reports = asyncio.run(main())
+    for report in reports:
+        click.echo(json.dumps(report))
+    if any(not r["intact"] for r in reports):
+        sys.exit(1)

@@ -104,12 +104,9 @@ def exposition_registry(idp: IdP) -> CollectorRegistry:
 
 def _request_port() -> int | None:
     server = request.scope.get("server")
-    if not server or len(server) < 2:
+    if not server or len(server) < 2 or server[1] is None:
         return None
-    try:
-        return int(server[1])
-    except (TypeError, ValueError):
-        return None
+    return int(server[1])
 
 
 @blueprint.before_app_request
@@ -252,7 +249,6 @@ class MultiprocessDir:
         os.makedirs(self.path, exist_ok=True)
         self.wipe()
         os.environ[MULTIPROC_ENV] = self.path
-        self._previous = configured
 
     def wipe(self) -> None:
         for name in os.listdir(self.path):

@@ -27,6 +27,7 @@ from agentidp_server.storage.db import Connection, Database
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
+    from agentidp_server.keys import Keyring
 
 log = logging.getLogger("agentidp.audit")
 
@@ -194,10 +195,31 @@ class ChainReport:
         }
 
 
-async def verify_chain(db: Database, org_id: str, batch: int = 1000) -> ChainReport:
-    """Recompute one chain; report the first broken position and why."""
+async def verify_chain(
+    db: Database, org_id: str, keys: Keyring | None = None, batch: int = 1000
+) -> ChainReport:
+    """Recompute one chain; report the first broken position and why.
+
+    With `keys`, the newest signed checkpoint is checked too (truncation, a
+    rewritten chain), and a chain pruned by retention starts from the signed
+    checkpoint at its cut.
+    """
+    from agentidp_server.audit_checkpoints import check_signature
+
+    checkpoints = (
+        await db.fetch("SELECT * FROM audit_checkpoints WHERE org_id = $1 ORDER BY seq", org_id)
+        if keys is not None
+        else []
+    )
     expected_seq, expected_prev, count = 1, GENESIS, 0
-    last_seq = 0
+    first = await db.fetchval("SELECT MIN(seq) FROM audit_events WHERE org_id = $1", org_id)
+    if first is not None and first > 1:
+        # Pruned by retention: the chain resumes from the signed hash at the cut.
+        cut = next((c for c in checkpoints if c["seq"] == first - 1), None)
+        if cut is None or (keys is not None and check_signature(keys, cut) is not None):
+            return ChainReport(org_id, 0, False, 1, "event 1 was deleted")
+        expected_seq, expected_prev = first, cut["hash"]
+    last_seq = expected_seq - 1
     while True:
         rows = await db.fetch(
             "SELECT * FROM audit_events WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -221,23 +243,40 @@ async def verify_chain(db: Database, org_id: str, batch: int = 1000) -> ChainRep
         if len(rows) < batch:
             break
         last_seq = rows[-1]["seq"]
+    last = expected_seq - 1
+    if keys is not None and checkpoints:
+        newest = checkpoints[-1]
+        problem = check_signature(keys, newest)
+        if problem is not None:
+            return ChainReport(org_id, count, False, newest["seq"], problem)
+        if newest["seq"] > last:
+            return ChainReport(
+                org_id, count, False, last + 1,
+                f"events {last + 1}..{newest['seq']} were deleted (truncated; the signed "
+                f"checkpoint covers seq {newest['seq']})",
+            )  # fmt: skip
+        at = await db.fetchval(
+            "SELECT hash FROM audit_events WHERE org_id = $1 AND seq = $2", org_id, newest["seq"]
+        )
+        if at is not None and at != newest["hash"]:
+            return ChainReport(
+                org_id, count, False, newest["seq"], "chain differs from its signed checkpoint"
+            )
     head = await db.fetchrow("SELECT seq, hash FROM audit_heads WHERE org_id = $1", org_id)
-    if head is not None and (head["seq"] != expected_seq - 1 or head["hash"] != expected_prev):
+    if head is not None and (head["seq"] != last or head["hash"] != expected_prev):
         return ChainReport(
-            org_id,
-            count,
-            False,
-            expected_seq,
-            "events after this position were deleted (truncated)",
+            org_id, count, False, last + 1, "events after this position were deleted (truncated)"
         )
     return ChainReport(org_id, count, True)
 
 
-async def verify_all(db: Database, org_id: str | None = None) -> list[ChainReport]:
+async def verify_all(
+    db: Database, org_id: str | None = None, keys: Keyring | None = None
+) -> list[ChainReport]:
     if org_id is not None:
-        return [await verify_chain(db, org_id)]
+        return [await verify_chain(db, org_id, keys)]
     rows = await db.fetch(
         "SELECT org_id FROM audit_heads UNION SELECT DISTINCT org_id FROM audit_events "
         "ORDER BY org_id"
     )
-    return [await verify_chain(db, r["org_id"]) for r in rows]
+    return [await verify_chain(db, r["org_id"], keys) for r in rows]

@@ -145,6 +145,14 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
             await refresh_expiring(idp)
             await asyncio.sleep(60)
 
+    async def audit_checkpoints() -> None:
+        from agentidp_server.audit_checkpoints import checkpoint_all, prune
+
+        while True:
+            await asyncio.sleep(float(idp.settings.AUDIT_CHECKPOINT_INTERVAL))
+            await checkpoint_all(idp)
+            await prune(idp)
+
     async def audit_integrity() -> None:
         while True:
             await refresh_audit_integrity(idp)
@@ -155,6 +163,7 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
         BackgroundTask("credentials-expiring", expiring),
         BackgroundTask("audit-dispatch", idp.audit.dispatch_forever),
         BackgroundTask("audit-integrity", audit_integrity),
+        BackgroundTask("audit-checkpoints", audit_checkpoints),
     ]
 
 
@@ -162,7 +171,7 @@ async def refresh_audit_integrity(idp: IdP) -> bool:
     """Verify every chain; the gauge is 1 only while all are intact."""
     from agentidp_server.audit import verify_all
 
-    reports = await verify_all(idp.db)
+    reports = await verify_all(idp.db, keys=idp.keys)
     intact = all(r.intact for r in reports)
     for report in reports:
         if not report.intact:

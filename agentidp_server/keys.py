@@ -263,6 +263,13 @@ class Keyring:
     def published(self) -> list[SigningKey]:
         return [k for k, s in self.states() if s in ("published", "active", "retired")]
 
+    def any_key(self, kid: str) -> SigningKey | None:
+        """A loaded key that is not revoked, published or not (old audit checkpoints)."""
+        for key in self._keys:
+            if key.kid == kid and key.revoked_at is None:
+                return key
+        return None
+
     def verification_key(self, kid: str) -> SigningKey | None:
         for key in self.published():
             if key.kid == kid:

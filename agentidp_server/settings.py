@@ -277,6 +277,19 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting(
+        "AUDIT_CHECKPOINT_INTERVAL",
+        60,
+        "Seconds between signed checkpoints of each audit chain that grew",
+        (int, float),
+        _positive,
+    ),
+    Setting(
+        "AUDIT_RETENTION_DAYS",
+        0,
+        "Days audit events are kept (0: forever); pruning leaves a signed checkpoint at the cut",
+        int,
+    ),
+    Setting(
         "OPERATOR_TOKEN",
         "",
         "Bearer secret of the operator API (tier changes); empty disables that API",

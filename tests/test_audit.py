@@ -191,3 +191,73 @@ async def test_failed_authentication_is_audited(agentidp_client, agentidp_idp):
     assert events[-1]["action"] == "client.authentication_failed"
     assert events[-1]["outcome"] == "failure"
     assert "wrong" not in json.dumps(events[-1])
+
+
+async def test_signed_checkpoint_catches_a_truncated_tail_even_with_the_head_rewritten(
+    agentidp_client, agentidp_idp
+):
+    from agentidp_server.audit_checkpoints import checkpoint_all
+
+    state = await _activity(agentidp_client, agentidp_idp)
+    org_id = state["org"]["org_id"]
+    idp = agentidp_idp
+    assert await checkpoint_all(idp) >= 1
+    assert await checkpoint_all(idp) == 0  # nothing moved since
+    last = await idp.db.fetchval("SELECT MAX(seq) FROM audit_events WHERE org_id = $1", org_id)
+    report = await verify_chain(idp.db, org_id, idp.keys)
+    assert report.intact
+    # An attacker deletes the last two events and rewinds the head to match.
+    kept = await idp.db.fetchrow(
+        "SELECT seq, hash FROM audit_events WHERE org_id = $1 AND seq = $2", org_id, last - 2
+    )
+    await idp.db.execute(
+        "DELETE FROM audit_events WHERE org_id = $1 AND seq > $2", org_id, last - 2
+    )
+    await idp.db.execute(
+        "UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3",
+        kept["seq"], kept["hash"], org_id,
+    )  # fmt: skip
+    assert (await verify_chain(idp.db, org_id)).intact  # without the checkpoint it looks fine
+    report = await verify_chain(idp.db, org_id, idp.keys)
+    assert not report.intact
+    assert report.first_broken_seq == last - 1
+    assert "truncated" in report.reason
+
+
+async def test_forged_checkpoint_is_refused(agentidp_client, agentidp_idp):
+    from agentidp_server.audit_checkpoints import checkpoint_all
+
+    state = await _activity(agentidp_client, agentidp_idp)
+    org_id = state["org"]["org_id"]
+    await checkpoint_all(agentidp_idp)
+    await agentidp_idp.db.execute(
+        "UPDATE audit_checkpoints SET hash = $1 WHERE org_id = $2", "f" * 64, org_id
+    )
+    report = await verify_chain(agentidp_idp.db, org_id, agentidp_idp.keys)
+    assert not report.intact
+    assert "does not match its signature" in report.reason
+
+
+async def test_retention_prunes_and_leaves_a_verifiable_chain(agentidp_client, agentidp_idp):
+    from agentidp_server.audit_checkpoints import prune
+
+    state = await _activity(agentidp_client, agentidp_idp)
+    org_id = state["org"]["org_id"]
+    idp = agentidp_idp
+    # Age the first three events past a one-day retention.
+    await idp.db.execute(
+        "UPDATE audit_events SET occurred_at = occurred_at - $1 WHERE org_id = $2 AND seq <= 3",
+        3 * 86_400_000, org_id,
+    )  # fmt: skip
+    idp.settings.set("AUDIT_RETENTION_DAYS", 1)
+    # Editing occurred_at broke those events' hashes; pruning removes exactly them.
+    assert await prune(idp) >= 3
+    remaining = await idp.db.fetchval("SELECT MIN(seq) FROM audit_events WHERE org_id = $1", org_id)
+    assert remaining == 4
+    report = await verify_chain(idp.db, org_id, idp.keys)
+    assert report.intact, report
+    # Deleting the retention checkpoint makes the cut unexplained.
+    await idp.db.execute("DELETE FROM audit_checkpoints WHERE org_id = $1", org_id)
+    report = await verify_chain(idp.db, org_id, idp.keys)
+    assert not report.intact
+    assert "event 1 was deleted" in report.reason

@@ -61,5 +61,6 @@ async def list_events() -> Response:
 @require_scope("audit:read")
 async def verify() -> Response:
     """Recompute the caller's chain; name the first broken sequence number and why."""
-    report = await verify_chain(current_idp().db, principal_org())
+    idp = current_idp()
+    report = await verify_chain(idp.db, principal_org(), idp.keys)
     return jsonify(report.as_dict())

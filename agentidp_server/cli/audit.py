@@ -24,7 +24,8 @@ def verify(org_id: str | None) -> None:
 
     async def main() -> list[dict[str, object]]:
         async with open_idp() as idp:
-            return [r.as_dict() for r in await verify_all(idp.db, org_id)]
+            await idp.keys.load(idp.db)
+            return [r.as_dict() for r in await verify_all(idp.db, org_id, idp.keys)]
 
     reports = asyncio.run(main())
     for report in reports:

@@ -147,6 +147,20 @@ class AuditLog:
         self.published(event)
         return event
 
+    async def read(self, org_id: str, after_seq: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Committed events of one chain after `after_seq`, in order.
+
+        The audit table is the outbox: a plugin that needs at-least-once
+        processing stores the last `seq` it handled and resumes from it here.
+        """
+        rows = await self.idp.db.fetch(
+            "SELECT * FROM audit_events WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            org_id,
+            after_seq,
+            limit,
+        )
+        return [public_view(r) for r in rows]
+
     def published(self, *events: dict[str, Any]) -> None:
         """Hand committed events to the plugin dispatcher (never before commit)."""
         for event in events:

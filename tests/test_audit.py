@@ -261,3 +261,13 @@ async def test_retention_prunes_and_leaves_a_verifiable_chain(agentidp_client, a
     report = await verify_chain(idp.db, org_id, idp.keys)
     assert not report.intact
     assert "event 1 was deleted" in report.reason
+
+
+async def test_plugins_can_resume_from_a_sequence_number(agentidp_client, agentidp_idp):
+    state = await _activity(agentidp_client, agentidp_idp)
+    org_id = state["org"]["org_id"]
+    first = await agentidp_idp.audit.read(org_id, 0, limit=2)
+    assert [e["seq"] for e in first] == [1, 2]
+    rest = await agentidp_idp.audit.read(org_id, first[-1]["seq"])
+    assert [e["seq"] for e in rest] == list(range(3, 7))
+    assert rest[0]["action"] == "credential.created"

@@ -12,7 +12,11 @@ from quart_schema import DataSource, document_request
 from agentidp_server.api.models import TokenForm, TokenForm7662
 from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP, current_idp
-from agentidp_server.oauth.client_auth import ASSERTION_ALGORITHMS, authenticate_limited
+from agentidp_server.oauth.client_auth import (
+    ASSERTION_ALGORITHMS,
+    Client,
+    authenticate_limited,
+)
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.params import read_params
 from agentidp_server.oauth.rfc9068 import InvalidToken
@@ -40,6 +44,17 @@ async def oauth_error(error: OAuthError) -> Response:
     return error.response()
 
 
+async def _token_request(path: str) -> tuple[IdP, dict[str, str], Client, str]:
+    """Introspection and revocation: an authenticated client presenting `token`."""
+    idp = current_idp()
+    params = await read_params()
+    client = await authenticate_limited(idp, params, idp.issuer + path)
+    token_value = params.get("token")
+    if not token_value:
+        raise OAuthError("invalid_request", "token is required")
+    return idp, params, client, token_value
+
+
 @blueprint.post(TOKEN_PATH)
 @document_request(TokenForm, source=DataSource.FORM)
 async def token() -> Response:
@@ -65,12 +80,7 @@ async def token() -> Response:
 @document_request(TokenForm7662, source=DataSource.FORM)
 async def introspect() -> Response:
     """RFC 7662 token introspection; another organisation's token is inactive."""
-    idp = current_idp()
-    params = await read_params()
-    client = await authenticate_limited(idp, params, idp.issuer + INTROSPECT_PATH)
-    token_value = params.get("token")
-    if not token_value:
-        raise OAuthError("invalid_request", "token is required")
+    idp, _, client, token_value = await _token_request(INTROSPECT_PATH)
     try:
         claims = await idp.tokens.verify(token_value)
     except InvalidToken:
@@ -85,12 +95,7 @@ async def introspect() -> Response:
 @document_request(TokenForm7662, source=DataSource.FORM)
 async def revoke() -> Response:
     """RFC 7009 token revocation (own tokens; an org admin: any of its org)."""
-    idp = current_idp()
-    params = await read_params()
-    client = await authenticate_limited(idp, params, idp.issuer + REVOKE_PATH)
-    token_value = params.get("token")
-    if not token_value:
-        raise OAuthError("invalid_request", "token is required")
+    idp, params, client, token_value = await _token_request(REVOKE_PATH)
     hint = params.get("token_type_hint")
     if hint not in (None, "access_token", "refresh_token"):
         raise OAuthError("unsupported_token_type", f"token_type_hint {hint} is not supported")

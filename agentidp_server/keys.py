@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwk
 
+from agentidp_server.ids import iso
 from agentidp_server.storage.db import Database, lock_key
 
 if TYPE_CHECKING:
@@ -227,7 +228,10 @@ class Keyring:
         if audit is not None:
             audit.published(event)
         log.info(
-            "Signing key %s (%s) added; it signs from %d", key.kid, alg, now + int(delay * 1000)
+            "Signing key %s (%s) added; it signs from %s",
+            key.kid,
+            alg,
+            iso(now + int(delay * 1000)),
         )
         return SigningKey(str(key.kid), alg, key, now, now + int(delay * 1000))
 

@@ -22,9 +22,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -38,23 +36,17 @@ import pytest
 from agentidp_server.audit import verify_chain
 from agentidp_server.storage.db import Database, open_database
 from agentidp_server.testing import DEFAULT_PG, services_required
+from tests import test_lifecycle as lifecycle
 
 pytestmark = pytest.mark.slow
 
-AGENTIDP = Path(sys.executable).with_name("agentidp")
+AGENTIDP = lifecycle.AGENTIDP
+free_port = lifecycle.free_port
 SOAK_SECONDS = float(os.environ.get("AGENTIDP_AUDIT_SOAK_SECONDS", "8"))
 CONCURRENCY = 16
-START_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 30.0
 KILL_AFTER = 2.0
 UNLIMITED = str(10**9)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def jwt_payload(token: str) -> dict[str, Any]:
@@ -64,43 +56,11 @@ def jwt_payload(token: str) -> dict[str, Any]:
     return claims
 
 
-class Server:
-    """One `agentidp serve` process (its own session, so its group can be killed)."""
+class Server(lifecycle.Server):
+    """A lifecycle server in its own process group, killable as a whole."""
 
     def __init__(self, tmp_path: Path, env: dict[str, str], workers: int) -> None:
-        self.port = free_port()
-        self.log_path = tmp_path / f"serve-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        args = [str(AGENTIDP), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        if workers > 1:
-            args += ["--workers", str(workers)]
-        self.process = subprocess.Popen(
-            args,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            start_new_session=True,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_until_listening(self) -> None:
-        line = f"AgentIdP listening on port {self.port}"
-        deadline = time.monotonic() + START_TIMEOUT
-        while line not in self.output():
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"server exited with {self.process.returncode}:\n{self.output()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {line!r} within {START_TIMEOUT} s:\n{self.output()}")
-            time.sleep(0.05)
+        super().__init__(tmp_path, workers, env, new_session=True)
 
     def kill_group(self) -> None:
         """SIGKILL the master and every worker at once: no drain, no cleanup."""

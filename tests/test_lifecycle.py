@@ -59,7 +59,9 @@ def base_env(**extra: str) -> dict[str, str]:
 class Server:
     """One `agentidp serve` process, its output collected in a file."""
 
-    def __init__(self, tmp_path: Path, workers: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, tmp_path: Path, workers: int, env: dict[str, str], *, new_session: bool = False
+    ) -> None:
         self.port = free_port()
         self.log_path = tmp_path / f"serve-{self.port}.log"
         self._log = self.log_path.open("wb")
@@ -67,7 +69,13 @@ class Server:
         if workers > 1:
             args += ["--workers", str(workers)]
         self.process = subprocess.Popen(
-            args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp_path
+            args,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            # Its own process group, so a test can signal master and workers together.
+            start_new_session=new_session,
         )
 
     @property

@@ -147,6 +147,20 @@ async def agentidp_storage(
 
 
 @pytest.fixture
+async def agentidp_db(agentidp_storage: dict[str, Any]) -> AsyncIterator[Any]:
+    """The db port alone (no app) on the chosen backend, emptied for this test."""
+    from agentidp_server.storage import open_database
+
+    database = await open_database(
+        agentidp_storage["DATABASE_URL"], acquire_timeout=2.0, statement_timeout=5.0
+    )
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
 def agentidp_settings(
     agentidp_storage: dict[str, Any], agentidp_overrides: dict[str, Any], tmp_path: Any
 ) -> Any:

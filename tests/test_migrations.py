@@ -8,7 +8,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,8 @@ POSTGRES_ONLY = pytest.mark.parametrize("agentidp_backend", ["postgres"])
 
 
 @pytest.fixture
-async def db(agentidp_storage: dict[str, Any]) -> AsyncIterator[Database]:
-    database = await open_database(
-        agentidp_storage["DATABASE_URL"], acquire_timeout=5.0, statement_timeout=10.0
-    )
-    try:
-        yield database
-    finally:
-        await database.close()
+def db(agentidp_db: Database) -> Database:
+    return agentidp_db
 
 
 def make_set(directory: Path, files: dict[str, str], name: str = "s") -> MigrationSet:

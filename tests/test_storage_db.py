@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,14 +27,8 @@ CREATE TABLE items (
 
 
 @pytest.fixture
-async def db(agentidp_storage: dict[str, Any]) -> AsyncIterator[Database]:
-    database = await open_database(
-        agentidp_storage["DATABASE_URL"], acquire_timeout=2.0, statement_timeout=5.0
-    )
-    try:
-        yield database
-    finally:
-        await database.close()
+def db(agentidp_db: Database) -> Database:
+    return agentidp_db
 
 
 @pytest.fixture

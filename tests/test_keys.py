@@ -345,6 +345,11 @@ def test_cli_orgs_and_keys(tmp_path):
     assert keys[first][1] == "active"
     assert keys[second][1] == "published"
 
+    # A kid is base64url, so it may begin with "-": it is still read as the kid.
+    dashed = run_cli(tmp_path, "keys", "revoke", "-HHI0wHqAMe", check=False)
+    assert dashed.returncode == 1
+    assert "no unrevoked key -HHI0wHqAMe" in dashed.stderr
+
     # Revoking a published key just unpublishes it.
     revoked = run_cli(tmp_path, "keys", "revoke", second)
     assert revoked.stdout.strip() == f"revoked {second}"

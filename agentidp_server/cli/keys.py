@@ -55,7 +55,8 @@ def rotate(delay: float | None) -> None:
         raise click.ClickException(str(error)) from error
 
 
-@keys.command("revoke")
+# RFC 7638 thumbprints are base64url and may begin with "-": take that as the kid, not an option.
+@keys.command("revoke", context_settings={"ignore_unknown_options": True})
 @click.argument("kid")
 def revoke(kid: str) -> None:
     """Emergency: unpublish a key at once (tokens it signed stop verifying). If it was

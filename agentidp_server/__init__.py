@@ -1,21 +1,38 @@
 """AgentIdP kernel. Plugins import only what this module exports."""
 
+from agentidp_server.api.auth import principal, principal_actor, principal_org, require_scope
+from agentidp_server.audit import Actor
 from agentidp_server.background import BackgroundTask
+from agentidp_server.grants import GrantType
 from agentidp_server.health import HealthCheck
 from agentidp_server.hookspecs import hookimpl
+from agentidp_server.http import ApiError
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.migrations import MigrationSet
+from agentidp_server.oauth.errors import OAuthError
+from agentidp_server.oauth.rfc9068 import InvalidToken
+from agentidp_server.oauth.token_request import TokenRequest
 from agentidp_server.settings import Setting
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Actor",
+    "ApiError",
     "BackgroundTask",
+    "GrantType",
     "HealthCheck",
     "IdP",
+    "InvalidToken",
     "MigrationSet",
+    "OAuthError",
     "Setting",
+    "TokenRequest",
     "__version__",
     "current_idp",
     "hookimpl",
+    "principal",
+    "principal_actor",
+    "principal_org",
+    "require_scope",
 ]

@@ -164,6 +164,32 @@ def token_claims(
 
 
 @hookspec
+def token_response(
+    idp: IdP, context: Mapping[str, Any]
+) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
+    """Return extra fields for a successful token response (an OIDC `id_token`).
+
+    `context` holds `agent` (the authenticated client's agent), `grant_type`,
+    `params` (the request's parameters without credentials or presented
+    tokens) and `claims` (the issued access token's claims). The response's
+    own fields (`access_token`, `token_type`, `expires_in`, `scope`,
+    `issued_token_type`, `refresh_token`) cannot be overwritten. As with
+    `token_claims`, a failure fails the token request.
+    """
+
+
+@hookspec
+def token_status(idp: IdP, claims: Mapping[str, Any]) -> str | Awaitable[str | None] | None:
+    """Return why a signed, unexpired, unrevoked access token is nevertheless
+    inactive (a message safe to show), or None if this plugin has no objection.
+
+    Called on every verification (introspection, the management API, userinfo)
+    after the kernel's own checks, so keep it to one indexed lookup. A plugin
+    that raises makes the token inactive: verification fails closed.
+    """
+
+
+@hookspec
 def discovery_metadata(idp: IdP) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
     """Return fields to merge into the RFC 8414 authorization-server metadata.
 

@@ -45,6 +45,7 @@ class IdP:
         self.query_observer: QueryObserver | None = None
         self.command_observer: CommandObserver | None = None
         from agentidp_server.audit import AuditLog
+        from agentidp_server.directory import Directory
         from agentidp_server.keys import Keyring
         from agentidp_server.oauth.rfc9068 import TokenService
         from agentidp_server.quotas import Quotas
@@ -53,6 +54,7 @@ class IdP:
         self.tokens = TokenService(self)
         self.quotas = Quotas(self)
         self.audit = AuditLog(self)
+        self.agents = Directory(self)
 
     @property
     def issuer(self) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from joserfc import jwk
+from joserfc import jwk, jwt
 
 from agentidp_server.ids import iso
 from agentidp_server.storage.db import Database, lock_key
@@ -282,6 +282,12 @@ class Keyring:
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.public_jwk() for k in self.published()]}
+
+    def sign(self, claims: dict[str, Any], typ: str = "JWT") -> str:
+        """A compact JWS of `claims` by the current signing key (ID tokens, checkpoints)."""
+        key = self.signing_key()
+        header = {"alg": key.alg, "typ": typ, "kid": key.kid}
+        return jwt.encode(header, claims, key.key, algorithms=[key.alg])
 
     async def refresh_forever(self, db: Database) -> None:
         while True:

@@ -15,6 +15,7 @@ import click
 import pluggy
 
 from agentidp_server import hookspecs
+from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.settings import Setting, apply_environment
 
 if TYPE_CHECKING:
@@ -37,6 +38,10 @@ KERNEL_PLUGINS = (
     "agentidp_server.core",
     "agentidp_server.health",
     "agentidp_server.metrics",
+)
+# Token response fields the grant owns (RFC 6749 §5.1, RFC 8693 §2.2.1).
+RESPONSE_FIELDS = frozenset(
+    {"access_token", "token_type", "expires_in", "scope", "issued_token_type", "refresh_token"}
 )
 # Claims a plugin may never set (RFC 9068 §2.2, RFC 8693 §4.1).
 REGISTERED_CLAIMS = frozenset(
@@ -154,6 +159,10 @@ class Hooks:
         caller = getattr(self.pm.hook, hook)
         for impl in caller.get_hookimpls():
             yield _plugin_label(impl.plugin_name), impl.function, list(impl.argnames)
+
+    def implemented(self, hook: str) -> bool:
+        """Whether any enabled plugin implements `hook` (skip building its context if not)."""
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
     def _call(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
         for plugin, function, argnames in self._impls(hook):
@@ -276,6 +285,34 @@ class Hooks:
                     )
                 extra[name], owners[name] = value, plugin
         return extra
+
+    async def token_response(self, idp: IdP, context: Mapping[str, Any]) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        for plugin, function, argnames in self._impls("token_response"):
+            kwargs = {"idp": idp, "context": context}
+            try:
+                fields = await await_me_maybe(function(**{n: kwargs[n] for n in argnames}))
+            except OAuthError:
+                raise  # a plugin may refuse the request with a proper OAuth error
+            except Exception as error:
+                raise PluginError(f"plugin {plugin!r} failed in token_response: {error}") from error
+            for name, value in (fields or {}).items():
+                if name in RESPONSE_FIELDS or name in extra:
+                    raise PluginError(f"plugin {plugin!r} may not set the response field {name!r}")
+                extra[name] = value
+        return extra
+
+    async def token_status(self, idp: IdP, claims: Mapping[str, Any]) -> str | None:
+        for plugin, function, argnames in self._impls("token_status"):
+            kwargs = {"idp": idp, "claims": claims}
+            try:
+                reason = await await_me_maybe(function(**{n: kwargs[n] for n in argnames}))
+            except Exception:
+                log.exception("plugin %s failed in token_status; token treated as inactive", plugin)
+                return "Token status could not be checked"
+            if reason:
+                return str(reason)
+        return None
 
     async def discovery_metadata(self, idp: IdP) -> dict[str, Any]:
         merged: dict[str, Any] = {}

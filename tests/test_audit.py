@@ -6,10 +6,10 @@ import itertools
 import json
 
 import pytest
-from identity import admin_headers, make_agent, make_org, token
 
 from agentidp_server.audit import GENESIS, event_hash, verify_chain
 from agentidp_server.core import refresh_audit_integrity
+from agentidp_server.testkit import admin_headers, make_agent, make_org, token
 
 
 async def _activity(client, idp) -> dict:

@@ -22,8 +22,11 @@ from agentidp_hello import GRANT_TYPE, HelloGrant, state
 
 from agentidp_server import hookimpl
 from agentidp_server.app import build_idp, create_app
-from agentidp_server.plugins import REGISTERED_CLAIMS, PluginError
+from agentidp_server.plugins import REGISTERED_CLAIMS, RESPONSE_FIELDS, PluginError
 from agentidp_server.settings import SettingsError, load_settings
+from agentidp_server.testkit import basic, make_org, token
+
+INTROSPECT = "/api/v1/token/introspect"
 
 AGENTIDP = Path(sys.executable).with_name("agentidp")
 
@@ -199,6 +202,49 @@ async def test_token_claims(agentidp_idp):
         state(agentidp_idp)["extra_claims"] = {claim: "forged"}
         with pytest.raises(PluginError, match=rf"plugin 'hello' may not set .*'{claim}'"):
             await agentidp_idp.hooks.token_claims(agentidp_idp, context)
+
+
+async def test_token_response(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    body = await token(
+        agentidp_client, org["client_id"], org["client_secret"], scope="agents:read", nonce="n-1"
+    )
+    assert body["hello_scope"] == "agents:read"
+    (context,) = state(agentidp_idp)["token_responses"]
+    assert context["grant_type"] == "client_credentials"
+    assert context["params"] == {
+        "grant_type": "client_credentials",
+        "scope": "agents:read",
+        "nonce": "n-1",
+    }
+    assert context["claims"]["jti"]
+    assert context["agent"]["client_id"] == org["client_id"]
+    for field in sorted(RESPONSE_FIELDS):
+        state(agentidp_idp)["extra_response"] = {field: "forged"}
+        with pytest.raises(PluginError, match=rf"plugin 'hello' may not set .*'{field}'"):
+            await agentidp_idp.hooks.token_response(agentidp_idp, context)
+
+
+async def test_token_status(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    access = (await token(agentidp_client, org["client_id"], org["client_secret"]))["access_token"]
+    introspect = {"token": access}
+    auth = basic(org["client_id"], org["client_secret"])
+
+    async def active() -> bool:
+        response = await agentidp_client.post(INTROSPECT, form=introspect, headers=auth)
+        return bool((await response.get_json())["active"])
+
+    assert await active()
+    state(agentidp_idp)["inactive_reason"] = "Token's delegation was revoked"
+    assert not await active()
+    response = await agentidp_client.get(
+        "/api/v1/agents", headers={"Authorization": f"Bearer {access}"}
+    )
+    assert response.status_code == 401
+    assert (await response.get_json())["message"] == "Token's delegation was revoked"
+    state(agentidp_idp)["inactive_reason"] = None
+    assert await active()
 
 
 async def test_discovery_metadata(tmp_path):

@@ -18,12 +18,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from identity import admin_headers, basic, make_org, token
 
 from agentidp_server.app import create_app
 from agentidp_server.keys import KeyError_
 from agentidp_server.oauth.rfc9068 import SIGNATURE_INVALID
 from agentidp_server.settings import load_settings
+from agentidp_server.testkit import admin_headers, basic, make_org, token
 
 ISSUER = "http://localhost:3000"
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentidp_server.metrics import metrics_bind
 from agentidp_server.settings import load_settings
-from tests.identity import admin_headers, make_org
+from agentidp_server.testkit import admin_headers, make_org
 from tests.test_lifecycle import Server, base_env, free_port
 from tests.test_lifecycle import serve as serve  # the fixture
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
-from identity import admin_headers, basic, make_org, token
 
 from agentidp_server.app import create_app
 from agentidp_server.settings import load_settings
 from agentidp_server.testing import Services
+from agentidp_server.testkit import admin_headers, basic, make_org, token
 from tests.faultproxy import FaultProxy
 
 TOKEN = "/api/v1/token"

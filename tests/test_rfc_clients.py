@@ -13,8 +13,9 @@ import pytest
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
-from identity import admin_headers, make_agent, make_org
 from joserfc import jwk
+
+from agentidp_server.testkit import admin_headers, make_agent, make_org
 
 BASE = "http://localhost:3000"  # the default ISSUER in the test environment
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import jwt
 import pytest
-from identity import admin_headers, basic, make_agent, make_org, token
 from joserfc import jwt as jose_jwt
 
 from agentidp_server import agents
 from agentidp_server.oauth.rfc9068 import SIGNATURE_INVALID, SYNC_MARKER
+from agentidp_server.testkit import admin_headers, basic, make_agent, make_org, token
 
 TOKEN = "/api/v1/token"
 INTROSPECT = "/api/v1/token/introspect"

@@ -6,7 +6,7 @@ import base64
 import json
 import time
 
-from identity import admin_headers, basic, make_agent, make_org, token
+from agentidp_server.testkit import admin_headers, basic, make_agent, make_org, token
 
 
 async def test_admin_registers_agent_which_gets_a_token(agentidp_client, agentidp_idp):

@@ -14,7 +14,7 @@ from agentidp_server.idp import current_idp
 from agentidp_server.oauth.rfc9068 import InvalidToken
 
 # ApiError is re-exported for the route modules.
-__all__ = ["ApiError", "principal_actor", "principal_org", "require_scope"]
+__all__ = ["ApiError", "principal", "principal_actor", "principal_org", "require_scope"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -60,6 +60,12 @@ def require_scope(scope: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def principal() -> dict[str, Any]:
+    """The verified claims of the current request's access token."""
+    claims: dict[str, Any] = g.principal
+    return claims
 
 
 def principal_org() -> str:

@@ -19,7 +19,7 @@ from agentidp_server.oauth.client_auth import (
 )
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.params import read_params
-from agentidp_server.oauth.rfc9068 import InvalidToken
+from agentidp_server.oauth.rfc9068 import InvalidToken, access_token_claims
 from agentidp_server.oauth.token_request import TokenRequest
 
 blueprint = Blueprint("oauth", __name__)
@@ -28,6 +28,10 @@ TOKEN_PATH = "/api/v1/token"  # noqa: S105 - a path, not a secret
 INTROSPECT_PATH = "/api/v1/token/introspect"
 REVOKE_PATH = "/api/v1/token/revoke"
 JWKS_PATH = "/.well-known/jwks.json"
+# Never handed to plugins: credentials and presented tokens (RFC 6749 §2.3, RFC 8693 §2.1).
+PRESENTED_SECRETS = frozenset(
+    {"client_secret", "client_assertion", "subject_token", "actor_token", "token"}
+)
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
 
@@ -70,6 +74,15 @@ async def token() -> Response:
     if grant is None:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type} is not supported")
     body = await grant.issue(TokenRequest(idp, client, params))
+    if "access_token" in body and idp.hooks.implemented("token_response"):
+        context = {
+            "agent": client.agent,
+            "grant_type": grant_type,
+            "params": {k: v for k, v in params.items() if k not in PRESENTED_SECRETS},
+            # We just signed it: its payload needs decoding, not verifying.
+            "claims": access_token_claims(body["access_token"]),
+        }
+        body.update(await idp.hooks.token_response(idp, context))
     counter = idp.state["core"].get("tokens_issued")
     if counter is not None:
         counter.labels(body.get("scope", "")).inc()

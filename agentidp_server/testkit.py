@@ -1,4 +1,4 @@
-"""Helpers for identity tests: an organisation with its admin client, agents and tokens."""
+"""Test helpers for the kernel and plugins: an organisation, its admin, agents, tokens."""
 
 from __future__ import annotations
 

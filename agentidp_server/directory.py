@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server import agents, credentials
+from agentidp_server import agents, credentials, tenants
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -25,6 +25,11 @@ class Directory:
 
     async def by_client_id(self, client_id: str) -> dict[str, Any] | None:
         return await agents.get_by_client_id(self._idp.db, client_id)
+
+    async def organisation(self, org_id: str) -> dict[str, Any] | None:
+        """`org_id`, `name` and `tier` of an organisation."""
+        org = await tenants.get_org(self._idp.db, org_id)
+        return None if org is None else {k: org[k] for k in ("org_id", "name", "tier")}
 
     async def public_keys(self, agent_id: str) -> list[dict[str, Any]]:
         """The agent's usable `private_key_jwt` keys: `credential_id`, `jwk`, `created_at`."""

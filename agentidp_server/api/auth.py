@@ -24,8 +24,9 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "UNAUTHORIZED", message, {"WWW-Authenticate": 'Bearer realm="agentidp"'})
 
 
-def require_scope(scope: str) -> Callable[[F], F]:
-    """Accept a valid access token of this server carrying `scope`; sets `g.principal`."""
+def require_scope(scope: str | None) -> Callable[[F], F]:
+    """Accept a valid access token of this server carrying `scope` (any scope when
+    None: the view authorises by who the caller is); sets `g.principal`."""
 
     def decorate(view: F) -> F:
         @wraps(view)
@@ -43,7 +44,7 @@ def require_scope(scope: str) -> Callable[[F], F]:
             audiences = {a for a in (aud if isinstance(aud, list) else [aud]) if isinstance(a, str)}
             if not audiences & {idp.issuer, idp.tokens.default_audience()}:
                 raise _unauthorized("Token audience is not this server")
-            if scope not in str(claims.get("scope", "")).split():
+            if scope is not None and scope not in str(claims.get("scope", "")).split():
                 raise ApiError(
                     403,
                     "FORBIDDEN",

@@ -5,13 +5,12 @@ hash: SHA-256 over the RFC 8785 (JCS) canonical JSON of every other field. An
 event is appended in the same transaction as the change it records, under the
 chain head's row lock; `(org_id, seq)` is the primary key, so a fork is
 impossible, not merely unlikely. Events carry no secrets and no tokens (a
-`jti` is fine). After commit, events are handed to plugins (the `audit_event`
-hook) off the request path, in commit order.
+`jti` is fine). After commit, `audit_dispatch` hands events to plugins (the
+`audit_event` hook) off the request path, in chain order.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import rfc8785
 from quart import g, has_request_context, request
 
+from agentidp_server.audit_dispatch import AuditDispatcher
 from agentidp_server.ids import iso, new_id, now_ms
 from agentidp_server.storage.db import Connection, Database
 
@@ -71,7 +71,7 @@ class Actor:
 class AuditLog:
     def __init__(self, idp: IdP) -> None:
         self.idp = idp
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.dispatcher = AuditDispatcher(idp)
 
     async def append(
         self,
@@ -162,25 +162,9 @@ class AuditLog:
         return [public_view(r) for r in rows]
 
     def published(self, *events: dict[str, Any]) -> None:
-        """Hand committed events to the plugin dispatcher (never before commit)."""
-        for event in events:
-            self._queue.put_nowait(event)
-
-    async def dispatch_forever(self) -> None:
-        """Deliver committed events to plugins one at a time, in commit order."""
-        while True:
-            event = await self._queue.get()
-            await self.idp.hooks.audit_event(self.idp, public_view(event))
-
-    async def drain(self, timeout: float) -> None:
-        """Deliver what is queued (at shutdown)."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not self._queue.empty():
-                    event = self._queue.get_nowait()
-                    await self.idp.hooks.audit_event(self.idp, public_view(event))
-        except TimeoutError:
-            log.warning("%d audit events not delivered to plugins at shutdown", self._queue.qsize())
+        """Committed events: have the dispatcher look now (never call before commit)."""
+        if events:
+            self.dispatcher.nudge()
 
 
 def public_view(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def lifespan(idp: IdP) -> AsyncIterator[None]:
         await idp.keys.load(idp.db)
         yield
         # Hand plugins what committed before shutdown.
-        await idp.audit.drain(float(idp.settings.SHUTDOWN_TASK_TIMEOUT))
+        await idp.audit.dispatcher.drain(float(idp.settings.SHUTDOWN_TASK_TIMEOUT))
 
     return keys_loaded()  # type: ignore[return-value]
 
@@ -161,7 +161,7 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
     return [
         BackgroundTask("keys-refresh", keys),
         BackgroundTask("credentials-expiring", expiring),
-        BackgroundTask("audit-dispatch", idp.audit.dispatch_forever),
+        BackgroundTask("audit-dispatch", idp.audit.dispatcher.run_forever),
         BackgroundTask("audit-integrity", audit_integrity),
         BackgroundTask("audit-checkpoints", audit_checkpoints),
     ]

@@ -202,8 +202,12 @@ def discovery_metadata(idp: IdP) -> Mapping[str, Any] | Awaitable[Mapping[str, A
 def audit_event(idp: IdP, event: Mapping[str, Any]) -> Awaitable[None] | None:
     """Receive a committed audit event, after commit and off the request path.
 
-    Delivered in chain order per organisation. An exception is logged with the
-    plugin's name and does not stop delivery to other plugins. A plugin that
-    needs at-least-once processing remembers the last `seq` it handled and
-    reads the audit log from there after a restart.
+    Delivered in chain order per organisation by one process at a time (the
+    holder of the `audit-dispatch` lease), whichever process committed the
+    event (a worker, the CLI). Delivery is at least once: the cursor advances
+    after each batch, so after a crash the events since it are delivered
+    again; deduplicate by `(org_id, seq)`. An exception is logged with the
+    plugin's name and does not stop delivery to other plugins or advance past
+    the event for them: it is not retried; a plugin that must not miss one
+    keeps its own `seq` and reads `idp.audit.read(org_id, after_seq)`.
     """

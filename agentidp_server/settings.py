@@ -277,6 +277,13 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting(
+        "AUDIT_DISPATCH_INTERVAL",
+        1.0,
+        "Seconds between looks for audit events other processes committed (plugin delivery)",
+        (int, float),
+        _positive,
+    ),
+    Setting(
         "AUDIT_CHECKPOINT_INTERVAL",
         60,
         "Seconds between signed checkpoints of each audit chain that grew",

@@ -338,3 +338,9 @@ def test_real_environment_wins_over_dotenv(dotenv_dir: Path) -> None:
 
 def test_no_dotenv_no_change(tmp_path: Path) -> None:
     assert _load_in(tmp_path)["port"] == 3000
+
+
+@pytest.mark.parametrize("key", [s.key for s in KERNEL_SETTINGS])
+def test_every_kernel_setting_is_in_the_readme(key: str) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"| `{key}`" in readme or f"`{key}` /" in readme or f"/ `{key}`" in readme

@@ -26,10 +26,7 @@ from agentidp_server.testing import Services
 
 
 async def _setup(app: Any) -> tuple[dict[str, str], Any]:
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from identity import admin_headers, make_agent, make_org
+    from agentidp_server.testkit import admin_headers, make_agent, make_org
 
     idp = app.app.extensions["agentidp"]
     client = app.test_client()

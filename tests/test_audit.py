@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 
@@ -271,3 +272,60 @@ async def test_plugins_can_resume_from_a_sequence_number(agentidp_client, agenti
     rest = await agentidp_idp.audit.read(org_id, first[-1]["seq"])
     assert [e["seq"] for e in rest] == list(range(3, 7))
     assert rest[0]["action"] == "credential.created"
+
+
+async def test_concurrent_records_share_commits_and_keep_each_chain_whole(agentidp_idp):
+    idp = agentidp_idp
+    opened = 0
+    transaction = idp.db.transaction
+
+    def counting_transaction(*args, **kwargs):
+        nonlocal opened
+        opened += 1
+        return transaction(*args, **kwargs)
+
+    idp.db.transaction = counting_transaction
+    try:
+        events = await asyncio.gather(
+            *(
+                idp.audit.record(
+                    idp.db, org_id=f"org-{i % 2}", action="token.issued", target_id=str(i)
+                )
+                for i in range(60)
+            )
+        )
+    finally:
+        del idp.db.transaction
+    # Every caller got its own committed event; the commits were shared.
+    assert opened < 60
+    for org in ("org-0", "org-1"):
+        mine = sorted(e["seq"] for e in events if e["org_id"] == org)
+        assert mine == list(range(1, 31))
+        report = await verify_chain(idp.db, org, idp.keys)
+        assert report.intact, report
+        assert report.events == 30
+
+
+async def test_a_failed_group_commit_fails_every_caller_and_writes_nothing(
+    agentidp_idp, monkeypatch
+):
+    idp = agentidp_idp
+    chain = idp.audit._chain
+
+    async def failing_for_org_b(conn, org, drafts):
+        if org == "org-b":
+            raise RuntimeError("disk full")
+        await chain(conn, org, drafts)
+
+    monkeypatch.setattr(idp.audit, "_chain", failing_for_org_b)
+    results = await asyncio.gather(
+        idp.audit.record(idp.db, org_id="org-a", action="token.issued"),
+        idp.audit.record(idp.db, org_id="org-b", action="token.issued"),
+        return_exceptions=True,
+    )
+    assert [str(r) for r in results] == ["disk full", "disk full"]
+    assert await idp.db.fetchval("SELECT COUNT(*) FROM audit_events WHERE org_id = 'org-a'") == 0
+    monkeypatch.undo()
+    # The writer recovers: the next event starts the chain at 1.
+    event = await idp.audit.record(idp.db, org_id="org-a", action="token.issued")
+    assert event["seq"] == 1

@@ -110,6 +110,34 @@ async def get_by_client_id(db: Connection | Database, client_id: str) -> dict[st
     return _row(await db.fetchrow(f"SELECT {_READ} FROM agents WHERE client_id = $1", client_id))
 
 
+async def get_client_for_secret(
+    db: Connection | Database, client_id: str
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str | None]:
+    """The hot path of client authentication in one round trip: the agent, its
+    usable client secrets (`credential_id`, `secret_hash`) and its tier."""
+    columns = ", ".join(f"a.{c}" for c in _READ.replace(" ", "").split(","))
+    rows = await db.fetch(
+        f"SELECT {columns}, c.credential_id, c.secret_hash, t.tier AS org_tier FROM agents a "
+        "LEFT JOIN credentials c ON c.agent_id = a.agent_id AND c.type = 'client_secret' "
+        "AND c.status = 'active' AND (c.expires_at IS NULL OR c.expires_at > $2) "
+        "LEFT JOIN tenant_tiers t ON t.org_id = a.org_id "
+        "WHERE a.client_id = $1",
+        client_id,
+        now_ms(),
+    )
+    if not rows:
+        return None, [], None
+    first = dict(rows[0])
+    tier = first.pop("org_tier")
+    first.pop("credential_id"), first.pop("secret_hash")
+    secrets = [
+        {"credential_id": r["credential_id"], "secret_hash": r["secret_hash"]}
+        for r in rows
+        if r["credential_id"] is not None
+    ]
+    return _row(first), secrets, tier
+
+
 async def get_by_id(db: Connection | Database, agent_id: str) -> dict[str, Any] | None:
     return _row(await db.fetchrow(f"SELECT {_READ} FROM agents WHERE agent_id = $1", agent_id))
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentidp_server import tenants
 from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.storage.kv import Counter, Guard
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -94,8 +95,15 @@ class Quotas:
         self, key: str, *, ttl_ms: int | None = None, expire_at_ms: int | None = None
     ) -> int | None:
         """The new count, or None when the kv is down (fail open, logged once per outage)."""
+        counted = await self._count([Counter(key, ttl_ms=ttl_ms, expire_at_ms=expire_at_ms)])
+        return None if counted is None else counted[1][0]
+
+    async def _count(
+        self, counters: list[Counter], guard: Guard | None = None
+    ) -> tuple[int, list[int]] | None:
+        """`kv.incr_many`, or None when the kv is down (fail open, logged once per outage)."""
         try:
-            value = await self.idp.kv.incr(key, ttl_ms=ttl_ms, expire_at_ms=expire_at_ms)
+            value = await self.idp.kv.incr_many(counters, guard)
         except StorageUnavailable as error:
             counter = self._metric("rate_limit_fail_open")
             if counter is not None:
@@ -111,27 +119,83 @@ class Quotas:
             log.info("kv available again: rate and tier limits enforced")
         return value
 
-    async def client_request(self, client_id: str) -> Window | None:
-        """Count one request of an authenticated client; RateLimited over the limit."""
-        now = int(time.time() * 1000)
+    def _rate_counter(self, client_id: str, now: int) -> tuple[Counter, int]:
         window_ms = int(self.settings.RATE_LIMIT_WINDOW_MS)
-        limit = int(self.settings.RATE_LIMIT_MAX)
         key, end = window_key(client_id, now, window_ms)
-        count = await self._incr(key, ttl_ms=window_ms)
-        if count is None:
+        return Counter(key, ttl_ms=window_ms, limit=int(self.settings.RATE_LIMIT_MAX)), end
+
+    async def _tier_counter(self, org_id: str, kind: str, now: int) -> tuple[Counter, str]:
+        tier = await self.tier(org_id)
+        limit = int(self.settings.get(f"TIER_{tier.upper()}_DAILY_{kind.upper()}", 0) or 0)
+        key = f"rate:tier:{kind}:{org_id}"
+        return Counter(key, expire_at_ms=next_midnight_ms(now), limit=limit), tier
+
+    def _over_rate(self, client_id: str, counter: Counter, end: int, now: int) -> RateLimited:
+        hits = self._metric("rate_limit_hits")
+        if hits is not None:
+            hits.labels(self._label(client_id)).inc()
+        retry = max(1, -(-(end - now) // 1000))
+        window = Window(counter.limit, 0, -(-end // 1000))
+        return RateLimited(
+            "RATE_LIMIT_EXCEEDED",
+            f"Too many requests: the limit is {counter.limit} per "
+            f"{int(self.settings.RATE_LIMIT_WINDOW_MS) // 1000} s",
+            {**window.headers(), "Retry-After": str(retry)},
+        )
+
+    def _over_tier(self, org_id: str, kind: str, tier: str, counter: Counter) -> RateLimited:
+        rejections = self._metric("billing_limit_rejections")
+        if rejections is not None:
+            rejections.labels(self._label(org_id), kind).inc()
+        midnight = counter.expire_at_ms or 0
+        return RateLimited(
+            "tier_limit_exceeded",
+            f"The {tier} tier allows {counter.limit} "
+            f"{'API calls' if kind == 'calls' else 'tokens'} a day; the counter resets at "
+            "midnight UTC",
+            {"Retry-After": str(max(1, -(-(midnight - int(time.time() * 1000)) // 1000)))},
+        )
+
+    async def admit(
+        self, client_id: str, org_id: str, *, presented: tuple[str, str] | None = None
+    ) -> Window | None:
+        """Count one authenticated request in one kv step: the client's rate window
+        (RATE_LIMIT_EXCEEDED over it), then the organisation's daily calls
+        (tier_limit_exceeded). With `presented` (client id as presented, source
+        address), a client over the failed-authentication limit is refused first
+        and nothing is counted. Returns the rate window for the X-RateLimit headers."""
+        now = int(time.time() * 1000)
+        rate, end = self._rate_counter(client_id, now)
+        calls, tier = await self._tier_counter(org_id, "calls", now)
+        guard, left_ms = None, 0
+        if presented is not None:
+            key, left_ms, _ = self._auth_key(*presented)
+            guard = Guard(key, int(self.settings.AUTH_FAILURE_LIMIT))
+        counted = await self._count([rate, calls], guard)
+        if counted is None:
             return None
-        window = Window(limit, max(limit - count, 0), -(-end // 1000))
-        if count > limit:
-            hits = self._metric("rate_limit_hits")
-            if hits is not None:
-                hits.labels(self._label(client_id)).inc()
-            retry = max(1, -(-(end - now) // 1000))
-            raise RateLimited(
-                "RATE_LIMIT_EXCEEDED",
-                f"Too many requests: the limit is {limit} per {window_ms // 1000} s",
-                {**window.headers(), "Retry-After": str(retry)},
-            )
-        return window
+        values = counted[1]
+        if not values:
+            raise self._auth_refused(left_ms)
+        if values[0] > rate.limit:
+            raise self._over_rate(client_id, rate, end, now)
+        counter = self._metric("tenant_api_calls")
+        if counter is not None:
+            counter.labels(self._label(org_id), tier).inc()
+        if calls.limit > 0 and values[1] > calls.limit:
+            raise self._over_tier(org_id, "calls", tier, calls)
+        return Window(rate.limit, max(rate.limit - values[0], 0), -(-end // 1000))
+
+    async def count_token(self, client_id: str, org_id: str) -> None:
+        """Count one token in one kv step: the organisation's daily tokens
+        (tier_limit_exceeded over it), then the runbook's monthly counter."""
+        now = int(time.time() * 1000)
+        tokens, tier = await self._tier_counter(org_id, "tokens", now)
+        month, month_end = month_end_ms(now)
+        monthly = Counter(f"monthly:{client_id}:{month}", expire_at_ms=month_end)
+        counted = await self._count([tokens, monthly])
+        if counted is not None and tokens.limit > 0 and counted[1][0] > tokens.limit:
+            raise self._over_tier(org_id, "tokens", tier, tokens)
 
     def _auth_key(self, presented_client_id: str, address: str) -> tuple[str, int, int]:
         now = int(time.time() * 1000)
@@ -148,20 +212,14 @@ class Quotas:
             {"Retry-After": str(max(1, -(-left_ms // 1000)))},
         )
 
-    async def authentication_allowed(self, presented_client_id: str, address: str) -> None:
-        """Refuse before checking any secret once a client id + address failed too often."""
-        key, left_ms, _ = self._auth_key(presented_client_id, address)
-        try:
-            failures = await self.idp.kv.get(key)
-        except StorageUnavailable:
-            return  # fail open, as every limit here
-        if failures is not None and int(failures) >= int(self.settings.AUTH_FAILURE_LIMIT):
-            raise self._auth_refused(left_ms)
-
     async def failed_authentication(self, presented_client_id: str, address: str) -> None:
-        """Count a failed client authentication."""
-        key, _, window_ms = self._auth_key(presented_client_id, address)
-        await self._incr(key, ttl_ms=window_ms)
+        """Count a failed client authentication, or refuse (429) once a client id +
+        address is at the limit: a guess then learns nothing, right or wrong."""
+        key, left_ms, window_ms = self._auth_key(presented_client_id, address)
+        guard = Guard(key, int(self.settings.AUTH_FAILURE_LIMIT))
+        counted = await self._count([Counter(key, ttl_ms=window_ms)], guard)
+        if counted is not None and not counted[1]:
+            raise self._auth_refused(left_ms)
 
     async def tier(self, org_id: str) -> str:
         """The organisation's tier, read once per request (a change applies to the next one)."""
@@ -172,31 +230,9 @@ class Quotas:
             memo[org_id] = await tenants.get_tier(self.idp.db, org_id) or "free"
         return memo[org_id]
 
-    async def tier_limit(self, org_id: str, kind: str) -> None:
-        """Count one API call (`calls`) or issued token (`tokens`) against the daily tier limit."""
-        tier = await self.tier(org_id)
-        limit = int(self.settings.get(f"TIER_{tier.upper()}_DAILY_{kind.upper()}", 0) or 0)
-        now = int(time.time() * 1000)
-        midnight = next_midnight_ms(now)
-        count = await self._incr(f"rate:tier:{kind}:{org_id}", expire_at_ms=midnight)
-        if kind == "calls":
-            calls = self._metric("tenant_api_calls")
-            if calls is not None:
-                calls.labels(self._label(org_id), tier).inc()
-        if count is None or limit <= 0:  # 0 means unlimited
-            return
-        if count > limit:
-            rejections = self._metric("billing_limit_rejections")
-            if rejections is not None:
-                rejections.labels(self._label(org_id), kind).inc()
-            raise RateLimited(
-                "tier_limit_exceeded",
-                f"The {tier} tier allows {limit} {'API calls' if kind == 'calls' else 'tokens'} "
-                "a day; the counter resets at midnight UTC",
-                {"Retry-After": str(max(1, -(-(midnight - now) // 1000)))},
-            )
+    def remember_tier(self, org_id: str, tier: str) -> None:
+        """A tier read together with something else in this request (one round trip)."""
+        from quart import g, has_request_context
 
-    async def token_issued(self, client_id: str) -> None:
-        """The runbook's monthly token counter."""
-        month, end = month_end_ms(int(time.time() * 1000))
-        await self._incr(f"monthly:{client_id}:{month}", expire_at_ms=end)
+        if has_request_context():
+            g.setdefault("tiers", {})[org_id] = tier

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as redis
 
 from agentidp_server.storage import StorageUnavailable, open_kv
-from agentidp_server.storage.kv import KV
+from agentidp_server.storage.kv import KV, Counter, Guard
 
 REDIS_ONLY = pytest.mark.parametrize("agentidp_backend", ["postgres"])
 
@@ -293,3 +293,37 @@ async def test_silent_server_times_out() -> None:
 async def test_unsupported_url_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         await open_kv("memcached://127.0.0.1:11211")
+
+
+async def test_incr_many_counts_in_order_and_stops_over_a_limit(kv: KV) -> None:
+    deadline = now_ms() + 50_000
+    counters = [
+        Counter("rate", ttl_ms=100_000, limit=2),
+        Counter("daily", expire_at_ms=deadline, limit=0),
+    ]
+    assert await kv.incr_many(counters) == (0, [1, 1])
+    assert await kv.incr_many(counters) == (0, [2, 2])
+    # "rate" goes over its limit: it is counted, "daily" after it is not.
+    assert await kv.incr_many(counters) == (0, [3])
+    assert await kv.get("daily") == "2"
+    rate_ttl, daily_ttl = await kv.pttl("rate"), await kv.pttl("daily")
+    assert rate_ttl is not None
+    assert 90_000 < rate_ttl <= 100_000
+    assert daily_ttl is not None
+    assert 40_000 < daily_ttl <= 50_000
+
+
+async def test_incr_many_guard_at_its_limit_counts_nothing(kv: KV) -> None:
+    counters = [Counter("rate", ttl_ms=10_000)]
+    assert await kv.incr_many(counters, Guard("failures", 2)) == (0, [1])
+    await kv.set("failures", "1")
+    assert await kv.incr_many(counters, Guard("failures", 2)) == (1, [2])
+    await kv.incr("failures")
+    assert await kv.incr_many(counters, Guard("failures", 2)) == (2, [])
+    assert await kv.get("rate") == "2"
+
+
+async def test_incr_many_refuses_a_non_integer(kv: KV) -> None:
+    await kv.set("word", "abc")
+    with pytest.raises(ValueError, match="not an integer"):
+        await kv.incr_many([Counter("word")])

@@ -89,10 +89,13 @@ def presented_client_id(params: dict[str, str]) -> str:
 
 
 async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) -> Client:
-    """`authenticate` under the failure limit, then the client's rate and tier limits."""
+    """`authenticate` under the failure limit, then the client's rate and tier limits.
+
+    The failure limit is checked with the outcome (one kv step either way): over
+    it, the answer is 429 whether the secret was right or wrong.
+    """
     presented = presented_client_id(params)
     address = request.remote_addr or "-"
-    await idp.quotas.authentication_allowed(presented, address)
     try:
         client = await authenticate(idp, params, endpoint)
     except OAuthError as error:
@@ -112,10 +115,9 @@ async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) 
             )
         raise
     # Keyed by the canonical client_id from the store, so spelling variants share a bucket.
-    window = await idp.quotas.client_request(client.client_id)
+    window = await idp.quotas.admit(client.client_id, client.org_id, presented=(presented, address))
     if window is not None:
         g.rate_headers = window.headers()
-    await idp.quotas.tier_limit(client.org_id, "calls")
     return client
 
 
@@ -157,10 +159,11 @@ async def _by_secret(
     idp: IdP, client_id: str, secret: str, method: str, used_basic: bool
 ) -> Client:
     pepper = idp.settings.CREDENTIAL_PEPPER
-    agent = await agents.get_by_client_id(idp.db, client_id) if client_id else None
-    candidates = (
-        await credentials.usable(idp.db, agent["agent_id"], "client_secret") if agent else []
+    agent, candidates, tier = (
+        await agents.get_client_for_secret(idp.db, client_id) if client_id else (None, [], None)
     )
+    if agent is not None and tier is not None:
+        idp.quotas.remember_tier(agent["org_id"], tier)  # read with the client, not again
     presented = hash_secret(pepper, secret)
     matched: str | None = None
     # Compare against every candidate (and a dummy when there is none) in constant time.

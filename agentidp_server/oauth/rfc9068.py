@@ -67,8 +67,9 @@ class TokenService:
         lifetime: int | None = None,
     ) -> tuple[str, dict[str, Any]]:
         key = self.idp.keys.signing_key()
-        # Every grant mints here, so every issued token is counted against the tier.
-        await self.idp.quotas.tier_limit(agent["org_id"], "tokens")
+        # Every grant mints here, so every token is counted against the tier (and the
+        # runbook's monthly counter) before it exists.
+        await self.idp.quotas.count_token(client_id, agent["org_id"])
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.idp.issuer,
@@ -104,7 +105,6 @@ class TokenService:
                 **({"act": claims["act"]} if "act" in claims else {}),
             },
         )
-        await self.idp.quotas.token_issued(client_id)
         return token, claims
 
     def verify_signature(self, token: str) -> dict[str, Any]:

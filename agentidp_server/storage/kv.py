@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 CommandObserver = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One counter of an `incr_many` step: its expiry (set when new) and its limit."""
+
+    key: str
+    ttl_ms: int | None = None
+    expire_at_ms: int | None = None
+    limit: int = 0  # 0: no limit; over it, later counters are left alone
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A counter that is read, not incremented: at `limit` or over, nothing is counted."""
+
+    key: str
+    limit: int
 
 
 class KV(Protocol):
@@ -26,6 +45,17 @@ class KV(Protocol):
         self, key: str, *, ttl_ms: int | None = None, expire_at_ms: int | None = None
     ) -> int:
         """Increment and, when the key is new, set its expiry: one atomic step."""
+        ...
+
+    async def incr_many(
+        self, counters: Sequence[Counter], guard: Guard | None = None
+    ) -> tuple[int, list[int]]:
+        """One atomic step (one round trip) over several counters.
+
+        Returns the guard's value and the new values of the counters that were
+        incremented: none if the guard is at its limit; otherwise each in
+        order, stopping after the first that went over its own limit.
+        """
         ...
 
     async def pttl(self, key: str) -> int | None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+
+from agentidp_server.storage.kv import Counter, Guard
 
 
 def _now_ms() -> int:
@@ -80,6 +83,26 @@ class MemoryKV:
             raise ValueError("value is not an integer or out of range") from error
         self._values[key] = str(value)
         return value
+
+    async def incr_many(
+        self, counters: Sequence[Counter], guard: Guard | None = None
+    ) -> tuple[int, list[int]]:
+        # One process, no await inside: as atomic as the Redis script.
+        guarded = 0
+        if guard is not None:
+            raw = await self.get(guard.key)
+            guarded = int(raw) if raw is not None else 0
+            if guard.limit > 0 and guarded >= guard.limit:
+                return guarded, []
+        values: list[int] = []
+        for counter in counters:
+            value = await self.incr(
+                counter.key, ttl_ms=counter.ttl_ms, expire_at_ms=counter.expire_at_ms
+            )
+            values.append(value)
+            if counter.limit > 0 and value > counter.limit:
+                break
+        return guarded, values
 
     async def pttl(self, key: str) -> int | None:
         key = self._prefix + key

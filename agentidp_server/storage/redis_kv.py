@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentidp_server.storage.errors import StorageUnavailable
-from agentidp_server.storage.kv import CommandObserver
+from agentidp_server.storage.kv import CommandObserver, Counter, Guard
 
 T = TypeVar("T")
 
@@ -34,6 +34,46 @@ return value
 """
 
 
+# incr_many in one step: KEYS[1] is the guard ('' for none), then one key per
+# counter; ARGV[1] the guard's limit, then (mode, expiry, limit) per counter.
+_INCR_MANY = """
+local guarded = 0
+if KEYS[1] ~= '' then
+  guarded = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  local guard_limit = tonumber(ARGV[1])
+  if guard_limit > 0 and guarded >= guard_limit then
+    return {guarded}
+  end
+end
+local result = {guarded}
+for i = 2, #KEYS do
+  local base = (i - 2) * 3 + 2
+  local value = redis.call('INCR', KEYS[i])
+  if value == 1 then
+    if ARGV[base] == 'px' then
+      redis.call('PEXPIRE', KEYS[i], ARGV[base + 1])
+    elseif ARGV[base] == 'pxat' then
+      redis.call('PEXPIREAT', KEYS[i], ARGV[base + 1])
+    end
+  end
+  result[#result + 1] = value
+  local limit = tonumber(ARGV[base + 2])
+  if limit > 0 and value > limit then
+    break
+  end
+end
+return result
+"""
+
+
+def _expiry_args(ttl_ms: int | None, expire_at_ms: int | None) -> list[Any]:
+    if ttl_ms is not None:
+        return ["px", ttl_ms]
+    if expire_at_ms is not None:
+        return ["pxat", expire_at_ms]
+    return ["none", 0]
+
+
 class RedisKV:
     def __init__(
         self, client: Any, prefix: str, observer: CommandObserver | None, description: str
@@ -42,6 +82,7 @@ class RedisKV:
         self._prefix = prefix
         self._observer = observer
         self._incr = client.register_script(_INCR_EXPIRE)
+        self._incr_many = client.register_script(_INCR_MANY)
         self.description = description
 
     @classmethod
@@ -98,12 +139,7 @@ class RedisKV:
     async def incr(
         self, key: str, *, ttl_ms: int | None = None, expire_at_ms: int | None = None
     ) -> int:
-        if ttl_ms is not None:
-            args: list[Any] = ["px", ttl_ms]
-        elif expire_at_ms is not None:
-            args = ["pxat", expire_at_ms]
-        else:
-            args = ["none", 0]
+        args = _expiry_args(ttl_ms, expire_at_ms)
         try:
             value = await self._call("incr", lambda: self._incr(keys=[self._k(key)], args=args))
         except ResponseError as error:
@@ -112,6 +148,22 @@ class RedisKV:
                 raise ValueError("value is not an integer or out of range") from error
             raise
         return int(value)
+
+    async def incr_many(
+        self, counters: Sequence[Counter], guard: Guard | None = None
+    ) -> tuple[int, list[int]]:
+        keys = [self._k(guard.key) if guard is not None else ""]
+        args: list[Any] = [guard.limit if guard is not None else 0]
+        for counter in counters:
+            keys.append(self._k(counter.key))
+            args += [*_expiry_args(counter.ttl_ms, counter.expire_at_ms), counter.limit]
+        try:
+            result = await self._call("incr_many", lambda: self._incr_many(keys=keys, args=args))
+        except ResponseError as error:
+            if "not an integer" in str(error):
+                raise ValueError("value is not an integer or out of range") from error
+            raise
+        return int(result[0]), [int(v) for v in result[1:]]
 
     async def pttl(self, key: str) -> int | None:
         value: int = await self._call("pttl", lambda: self._client.pttl(self._k(key)))

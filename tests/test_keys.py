@@ -391,3 +391,24 @@ async def _token_from_cli_org(tmp_path: Path, org: dict[str, str], kid: str) -> 
         claims = jwt.decode(body["access_token"], options={"verify_signature": False})
         assert claims["org_id"] == org["org_id"]
         assert "agents:write" in claims["scope"].split()
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+def test_fast_signing_path_verifies_with_independent_libraries(alg: str) -> None:
+    from joserfc import jwt as jose_jwt
+
+    from agentidp_server.keys import SigningKey, generate
+
+    key = generate(alg)
+    signing = SigningKey(kid="k1", alg=alg, key=key, created_at=0, activates_at=0)
+    claims = {"sub": "agent-1", "scope": "a b", "n": 1, "name": "Zoë"}
+    for _ in range(2):  # the second use takes the cached header
+        token = signing.encode(claims, "at+jwt")
+        assert jwt.get_unverified_header(token) == {"alg": alg, "typ": "at+jwt", "kid": "k1"}
+        public = jwt.PyJWK(signing.public_jwk()).key
+        assert jwt.decode(token, public, algorithms=[alg]) == claims
+        assert jose_jwt.decode(token, key, algorithms=[alg]).claims == claims
+    # ES256 signatures are raw R||S (64 bytes), not DER (RFC 7518 §3.4).
+    if alg == "ES256":
+        signature = token.rsplit(".", 1)[1]
+        assert len(base64.urlsafe_b64decode(signature + "==")) == 64

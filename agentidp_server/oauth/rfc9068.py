@@ -66,7 +66,6 @@ class TokenService:
         extra: dict[str, Any] | None = None,
         lifetime: int | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        key = self.idp.keys.signing_key()
         # Every grant mints here, so every token is counted against the tier (and the
         # runbook's monthly counter) before it exists.
         await self.idp.quotas.count_token(client_id, agent["org_id"])
@@ -86,8 +85,7 @@ class TokenService:
         claims.update(extra or {})
         context = {"agent": agent, "grant_type": grant_type, "claims": dict(claims)}
         claims.update(await self.idp.hooks.token_claims(self.idp, context))
-        header = {"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid}
-        token = jwt.encode(header, claims, key.key, algorithms=[key.alg])
+        token = self.idp.keys.sign(claims, TOKEN_TYPE)
         # The token is returned only once its issuance event has committed.
         await self.idp.audit.record(
             self.idp.db,

@@ -1,4 +1,5 @@
-"""`agentidp serve`: hypercorn underneath, with a supervisor that drains every worker.
+"""`agentidp serve`: hypercorn (or uvicorn) underneath, with a supervisor that
+drains every worker.
 
 hypercorn's own multi-worker master returns when the first worker exits and
 terminates the rest, dropping their in-flight requests (PITFALLS.md). Here the
@@ -9,10 +10,12 @@ of them, so each finishes its requests before the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import signal
 import sys
+from collections.abc import Iterator
 from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
@@ -41,6 +44,52 @@ def hypercorn_config(settings: Any) -> Config:
     return config
 
 
+def _event_loop_runner(settings: Any) -> asyncio.Runner:
+    """uvloop under uvicorn (part of why it is faster); the standard loop under hypercorn."""
+    if settings.SERVER == "uvicorn":
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
+
+
+async def _serve_uvicorn(
+    app: Any, settings: Any, sockets: Sockets, shutdown: asyncio.Event
+) -> None:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # the runner owns the signals, as under hypercorn
+
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # the app writes its own access lines with request ids
+        log_config=None,
+        proxy_headers=False,  # as hypercorn: the peer address is the client's
+        server_header=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=int(float(settings.GRACEFUL_TIMEOUT)),
+    )
+    server = Server(config)
+
+    async def stop_when_asked() -> None:
+        await shutdown.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_when_asked())
+    try:
+        await server.serve(sockets=[*sockets.insecure_sockets])
+    finally:
+        watcher.cancel()
+    if not server.started:
+        # uvicorn returns quietly when the app's startup fails; a supervisor must see it.
+        raise SystemExit(1)
+
+
 async def _serve(
     settings: Any,
     sockets: Sockets,
@@ -52,6 +101,9 @@ async def _serve(
     app = create_app(settings)
     if on_ready is not None:
         app.before_serving(on_ready)
+    if settings.SERVER == "uvicorn":
+        await _serve_uvicorn(app, settings, sockets, shutdown)
+        return
     config = hypercorn_config(settings)
     # worker_serve (not serve): it takes the sockets bound before the workers started.
     await worker_serve(
@@ -84,7 +136,8 @@ def run_single(settings: Any) -> int:
 
         await _serve(settings, sockets, shutdown, ready)
 
-    asyncio.run(main())
+    with _event_loop_runner(settings) as runner:
+        runner.run(main())
     _close(sockets)
     return 0
 
@@ -117,7 +170,8 @@ def _worker(overrides: dict[str, Any], sockets: Sockets, shutdown: EventType, re
         finally:
             watcher.cancel()
 
-    asyncio.run(main())
+    with _event_loop_runner(settings) as runner:
+        runner.run(main())
 
 
 def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
@@ -189,6 +243,17 @@ def _close(sockets: Sockets) -> None:
 
 
 def run(settings: Any, overrides: dict[str, Any]) -> int:
+    if settings.SERVER == "uvicorn":
+        try:
+            import httptools  # noqa: F401
+            import uvicorn  # noqa: F401
+            import uvloop  # noqa: F401
+        except ImportError as error:
+            sys.stderr.write(
+                f"Failed to start server: Error: SERVER=uvicorn needs {error.name}: "
+                "pip install 'agentidp-server[fast]'\n"
+            )
+            return 1
     if int(settings.WORKERS) > 1:
         if not settings.REDIS_URL:
             sys.stderr.write(

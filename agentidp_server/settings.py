@@ -127,6 +127,13 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     Setting("DATA_DIR", "./.agentidp", "Where the embedded SQLite database lives"),
     Setting("WORKERS", 1, "Worker processes `agentidp serve` supervises", int, _positive),
     Setting(
+        "SERVER",
+        "hypercorn",
+        "ASGI server under each worker: hypercorn, or uvicorn (with uvloop and httptools, "
+        "from the `fast` extra) for the highest token rate",
+        choices=("hypercorn", "uvicorn"),
+    ),
+    Setting(
         "GRACEFUL_TIMEOUT",
         30.0,
         "Seconds in-flight requests get to finish after SIGTERM",

@@ -112,12 +112,16 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     servers: list[Server] = []
     prefixes: list[str] = []
 
-    def start(workers: int = 1) -> Server:
+    def start(workers: int = 1, server_kind: str = "hypercorn", **extra: str) -> Server:
         env = base_env(
-            AGENTIDP_ENV="development",
-            AGENTIDP_DATA_DIR=str(tmp_path),
-            DATABASE_URL=f"sqlite:///{tmp_path}/agentidp.db",
-            HELLO_ENABLED="true",
+            **{
+                "AGENTIDP_ENV": "development",
+                "AGENTIDP_DATA_DIR": str(tmp_path),
+                "DATABASE_URL": f"sqlite:///{tmp_path}/agentidp.db",
+                "HELLO_ENABLED": "true",
+                "SERVER": server_kind,
+                **extra,
+            }
         )
         if workers > 1:
             # Several workers share state through Redis; our keys stay under our own prefix.
@@ -169,9 +173,10 @@ def test_production_without_database_url_fails_with_the_runbook_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
 @pytest.mark.parametrize("workers", [1, 2])
-async def test_listening_line_and_health(serve, workers):
-    server = serve(workers)
+async def test_listening_line_and_health(serve, workers, server_kind):
+    server = serve(workers, server_kind)
     server.wait_until_listening()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         response = await client.get("/health")
@@ -183,9 +188,10 @@ async def test_listening_line_and_health(serve, workers):
     assert server.wait() == 0
 
 
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
 @pytest.mark.parametrize("workers", [1, 2])
-async def test_sigterm_drains_in_flight_requests(serve, workers):
-    server = serve(workers)
+async def test_sigterm_drains_in_flight_requests(serve, workers, server_kind):
+    server = serve(workers, server_kind)
     server.wait_until_listening()
     limits = httpx.Limits(max_connections=IN_FLIGHT + 10, max_keepalive_connections=IN_FLIGHT + 10)
     async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
@@ -203,3 +209,12 @@ async def test_sigterm_drains_in_flight_requests(serve, workers):
     output = server.output()
     assert SHUTDOWN_LINE in output, output
     assert code == 0, output
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_failed_startup_exits_non_zero(serve, server_kind):
+    # A database that refuses connections: storage cannot open, so startup fails.
+    server = serve(1, server_kind, DATABASE_URL=f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    code = server.wait()
+    assert code != 0, server.output()
+    assert f"AgentIdP listening on port {server.port}" not in server.output()

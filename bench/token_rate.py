@@ -43,7 +43,6 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SRC = ROOT / "bench" / "peer"
@@ -52,7 +51,9 @@ DB_NAME = "agentidp_bench"
 REDIS_URL = os.environ.get("AGENTIDP_BENCH_REDIS", "redis://127.0.0.1:6379/14")
 PEPPER = "bench-pepper-" + "x" * 32
 SEED = b"agentidp-bench"
-SCRATCH = Path(os.environ.get("AGENTIDP_BENCH_SCRATCH", Path(tempfile.gettempdir()) / "agentidp-bench"))
+SCRATCH = Path(
+    os.environ.get("AGENTIDP_BENCH_SCRATCH", Path(tempfile.gettempdir()) / "agentidp-bench")
+)
 
 LUA = """
 local creds = {}
@@ -245,7 +246,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) 
         if process.poll() is not None:
             raise SystemExit(f"server exited with {process.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own http:// URL
                 return
         except OSError:
             time.sleep(0.2)

@@ -47,6 +47,8 @@ def _code(name: str) -> str:
 
 
 def install(app: Quart, settings: Any) -> None:
+    access_log, structured = bool(settings.ACCESS_LOG), settings.LOG_FORMAT == "json"
+
     @app.before_request
     async def assign_request_id() -> None:
         incoming = request.headers.get("X-Request-Id", "")
@@ -59,8 +61,8 @@ def install(app: Quart, settings: Any) -> None:
         response.headers["X-Request-Id"] = g.get("request_id") or str(uuid.uuid4())
         for name, value in (g.get("rate_headers") or {}).items():
             response.headers.setdefault(name, value)
-        if settings.ACCESS_LOG:
-            _access_line(response, settings.LOG_FORMAT == "json")
+        if access_log:
+            _access_line(response, structured)
         return response
 
     @app.errorhandler(HTTPException)

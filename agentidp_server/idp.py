@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,9 @@ class IdP:
         self.audit = AuditLog(self)
         self.agents = Directory(self)
 
-    @property
+    @cached_property
     def issuer(self) -> str:
+        """The public base URL (settings do not change once loaded)."""
         return issuer(self.settings)
 
     @property

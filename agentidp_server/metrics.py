@@ -114,7 +114,10 @@ async def split_ports() -> None:
     """With METRICS_PORT set: `/metrics` only there, and nothing else there."""
     from agentidp_server.idp import current_idp
 
-    port = metrics_port(current_idp().settings)
+    idp = current_idp()
+    port = idp.state["core"].get("metrics_port")
+    if port is None:
+        port = idp.state["core"]["metrics_port"] = metrics_port(idp.settings)
     if not port:
         return
     on_metrics_port = _request_port() == port

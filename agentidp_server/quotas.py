@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from agentidp_server import tenants
 from agentidp_server.storage.errors import StorageUnavailable
 from agentidp_server.storage.kv import Counter, Guard
+from agentidp_server.tenants import TIERS
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -62,10 +64,12 @@ def window_key(client_id: str, now_ms: int, window_ms: int) -> tuple[str, int]:
     return f"rate:{client_id}:{window}", (window + 1) * window_ms
 
 
+DAY_MS = 86_400_000
+
+
 def next_midnight_ms(now_ms: int) -> int:
-    today = datetime.fromtimestamp(now_ms / 1000, UTC).date()
-    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(days=1)
-    return int(midnight.timestamp() * 1000)
+    # Unix time has no leap seconds: every UTC day is exactly DAY_MS long.
+    return (now_ms // DAY_MS + 1) * DAY_MS
 
 
 def month_end_ms(now_ms: int) -> tuple[str, int]:
@@ -73,6 +77,31 @@ def month_end_ms(now_ms: int) -> tuple[str, int]:
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
     first_next = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
     return f"{now.year}:{now.month}", int(first_next.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limit settings, read once: dynaconf lookups cost microseconds per request."""
+
+    window_ms: int
+    rate_max: int
+    auth_failures: int
+    per_id_labels: bool
+    daily: dict[tuple[str, str], int]  # (tier, "calls" | "tokens") -> limit, 0 unlimited
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        return cls(
+            window_ms=int(settings.RATE_LIMIT_WINDOW_MS),
+            rate_max=int(settings.RATE_LIMIT_MAX),
+            auth_failures=int(settings.AUTH_FAILURE_LIMIT),
+            per_id_labels=bool(settings.METRICS_PER_ID_LABELS),
+            daily={
+                (tier, kind): int(settings.get(f"TIER_{tier.upper()}_DAILY_{kind.upper()}") or 0)
+                for tier in TIERS
+                for kind in ("calls", "tokens")
+            },
+        )
 
 
 class Quotas:
@@ -84,12 +113,16 @@ class Quotas:
     def settings(self) -> Any:
         return self.idp.settings
 
+    @cached_property
+    def _limits(self) -> Limits:
+        return Limits.of(self.settings)
+
     def _metric(self, name: str) -> Any:
         return self.idp.state.get("core", {}).get(name)
 
     def _label(self, value: str) -> str:
         # Operators with very many agents drop per-id labels (series cardinality).
-        return value if self.settings.METRICS_PER_ID_LABELS else ""
+        return value if self._limits.per_id_labels else ""
 
     async def _incr(
         self, key: str, *, ttl_ms: int | None = None, expire_at_ms: int | None = None
@@ -120,13 +153,13 @@ class Quotas:
         return value
 
     def _rate_counter(self, client_id: str, now: int) -> tuple[Counter, int]:
-        window_ms = int(self.settings.RATE_LIMIT_WINDOW_MS)
+        window_ms = self._limits.window_ms
         key, end = window_key(client_id, now, window_ms)
-        return Counter(key, ttl_ms=window_ms, limit=int(self.settings.RATE_LIMIT_MAX)), end
+        return Counter(key, ttl_ms=window_ms, limit=self._limits.rate_max), end
 
     async def _tier_counter(self, org_id: str, kind: str, now: int) -> tuple[Counter, str]:
         tier = await self.tier(org_id)
-        limit = int(self.settings.get(f"TIER_{tier.upper()}_DAILY_{kind.upper()}", 0) or 0)
+        limit = self._limits.daily.get((tier, kind), 0)
         key = f"rate:tier:{kind}:{org_id}"
         return Counter(key, expire_at_ms=next_midnight_ms(now), limit=limit), tier
 
@@ -139,7 +172,7 @@ class Quotas:
         return RateLimited(
             "RATE_LIMIT_EXCEEDED",
             f"Too many requests: the limit is {counter.limit} per "
-            f"{int(self.settings.RATE_LIMIT_WINDOW_MS) // 1000} s",
+            f"{self._limits.window_ms // 1000} s",
             {**window.headers(), "Retry-After": str(retry)},
         )
 
@@ -170,7 +203,7 @@ class Quotas:
         guard, left_ms = None, 0
         if presented is not None:
             key, left_ms, _ = self._auth_key(*presented)
-            guard = Guard(key, int(self.settings.AUTH_FAILURE_LIMIT))
+            guard = Guard(key, self._limits.auth_failures)
         counted = await self._count([rate, calls], guard)
         if counted is None:
             return None
@@ -199,7 +232,7 @@ class Quotas:
 
     def _auth_key(self, presented_client_id: str, address: str) -> tuple[str, int, int]:
         now = int(time.time() * 1000)
-        window_ms = int(self.settings.RATE_LIMIT_WINDOW_MS)
+        window_ms = self._limits.window_ms
         window = now // window_ms
         # The presented id is attacker-chosen: normalise it and bound its length.
         key = f"rate:auth:{presented_client_id.strip().lower()[:128]}:{address}:{window}"
@@ -216,7 +249,7 @@ class Quotas:
         """Count a failed client authentication, or refuse (429) once a client id +
         address is at the limit: a guess then learns nothing, right or wrong."""
         key, left_ms, window_ms = self._auth_key(presented_client_id, address)
-        guard = Guard(key, int(self.settings.AUTH_FAILURE_LIMIT))
+        guard = Guard(key, self._limits.auth_failures)
         counted = await self._count([Counter(key, ttl_ms=window_ms)], guard)
         if counted is not None and not counted[1]:
             raise self._auth_refused(left_ms)

@@ -91,6 +91,15 @@ class PostgresConnection:
         await self._run("execute", sql, ())
 
 
+class _NoResetConnection(asyncpg.Connection):  # type: ignore[misc]
+    """Skips asyncpg's reset query on every release to the pool (a round trip per
+    acquire). We leave no session state to reset: advisory locks are
+    transaction-scoped, and there is no LISTEN, SET or cursor outside a transaction."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class PostgresDatabase:
     dialect = "postgresql"
 
@@ -126,6 +135,7 @@ class PostgresDatabase:
                 timeout=acquire_timeout,
                 command_timeout=statement_timeout,
                 server_settings={"statement_timeout": str(int(statement_timeout * 1000))},
+                connection_class=_NoResetConnection,
             )
         except _UNAVAILABLE as error:
             raise _translate(error) from error

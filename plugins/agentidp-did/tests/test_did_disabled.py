@@ -1,0 +1,72 @@
+"""The DID plugin installed but disabled: nothing of it exists, on both storage backends."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from agentidp_server.testkit import admin_headers, make_agent, make_org, token
+
+
+@pytest.fixture
+def agentidp_overrides() -> dict[str, Any]:
+    return {"ISSUER": "https://idp.example.com"}
+
+
+def _payload(access_token: str) -> dict[str, Any]:
+    part = access_token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return claims
+
+
+@pytest.mark.parametrize(
+    "agentidp_overrides",
+    [
+        {"ISSUER": "https://idp.example.com"},
+        {"ISSUER": "https://idp.example.com", "DID_ENABLED": False},
+    ],
+)
+async def test_disabled_plugin_leaves_no_trace(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    agent, secret = await make_agent(agentidp_client, headers)
+    agent_id = agent["agent_id"]
+    for path in ("/.well-known/did.json", "/did.json", f"/agents/{agent_id}/did.json"):
+        assert (await agentidp_client.get(path)).status_code == 404, path
+    response = await agentidp_client.get(f"/api/v1/agents/{agent_id}/did", headers=headers)
+    assert response.status_code == 404
+
+    discovery = await agentidp_client.get("/.well-known/oauth-authorization-server")
+    assert "did" not in (await discovery.get_data()).decode().lower()
+    jwks = await (await agentidp_client.get("/.well-known/jwks.json")).get_json()
+    assert "did" not in json.dumps(jwks).lower()
+    body = await token(agentidp_client, agent["client_id"], secret["client_secret"])
+    assert "did" not in _payload(body["access_token"])
+    assert "did" not in await agentidp_idp.tokens.verify(body["access_token"])
+    metrics = (await (await agentidp_client.get("/metrics")).get_data()).decode()
+    assert "agentidp_did" not in metrics
+    assert "did.json" not in metrics
+    assert "did" not in agentidp_idp.state
+
+
+@pytest.mark.parametrize(("enabled", "imported"), [("false", "False"), ("true", "True")])
+def test_disabled_plugin_is_never_imported(tmp_path, enabled, imported):
+    # A fresh interpreter: an import by an earlier test in this process cannot hide a leak.
+    # (The kernel's own plugin tests build the app the same way.)
+    code = (
+        "import sys\n"
+        "from agentidp_server.app import create_app\n"
+        "from agentidp_server.settings import load_settings\n"
+        f"create_app(load_settings(environ={{'DID_ENABLED': '{enabled}', "
+        f"'AGENTIDP_DATA_DIR': {str(tmp_path)!r}}}))\n"
+        "print('agentidp_did' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == imported

@@ -386,7 +386,7 @@ def run_peer(args: argparse.Namespace) -> Result:
     if not (peer_dir / "node_modules" / "oidc-provider").exists():
         say("installing node-oidc-provider from npm into " + str(peer_dir))
         subprocess.run(
-            ["npm", "install", "--omit=dev", "--no-audit", "--no-fund"],
+            ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund"],
             cwd=peer_dir,
             check=True,
             capture_output=True,

@@ -7,6 +7,7 @@ fresh SQLite file or an emptied PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -439,3 +440,22 @@ async def table_exists(db: Database, name: str) -> bool:
             "WHERE table_schema = current_schema() AND table_name = $1"
         )
     return bool(await db.fetchval(sql, name))
+
+
+async def test_a_transaction_cancelled_at_any_point_leaves_nothing_open(items: Database) -> None:
+    """A request cancelled mid-transaction (a client hanging up) must not wedge the store."""
+
+    async def insert(name: str, key: int) -> None:
+        async with items.transaction() as conn:
+            await conn.execute("INSERT INTO items (id, name) VALUES ($1, $2)", key, name)
+
+    for step in range(12):
+        task = asyncio.create_task(insert(f"cancelled-{step}", 100 + step))
+        for _ in range(step):  # cancel at a different await each time (BEGIN, INSERT, COMMIT)
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await insert(f"after-{step}", 200 + step)
+    names = [r["name"] for r in await items.fetch("SELECT name FROM items ORDER BY name")]
+    assert [n for n in names if n.startswith("after-")] == sorted(f"after-{s}" for s in range(12))

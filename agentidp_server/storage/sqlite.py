@@ -11,7 +11,7 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import aiosqlite
@@ -154,11 +154,14 @@ class SQLiteDatabase:
         # SQLite has one writer: BEGIN IMMEDIATE takes the database's write lock,
         # which serialises every holder, so `exclusive_lock` needs no more.
         async with self._locked() as conn:
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                await conn.execute("BEGIN IMMEDIATE")
                 yield conn
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                # A cancelled BEGIN still runs in aiosqlite's thread, whose queue is
+                # FIFO: this ROLLBACK runs after it, so no transaction stays open.
+                with suppress(sqlite3.OperationalError):
+                    await self._conn.execute("ROLLBACK")
                 raise
             else:
                 await conn.execute("COMMIT")

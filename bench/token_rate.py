@@ -55,6 +55,31 @@ SCRATCH = Path(
     os.environ.get("AGENTIDP_BENCH_SCRATCH", Path(tempfile.gettempdir()) / "agentidp-bench")
 )
 
+INTROSPECT_LUA = """
+local body = "token=%(token)s"
+request = function()
+  return wrk.format("POST", "/api/v1/token/introspect", {
+    ["Authorization"] = "%(auth)s",
+    ["Content-Type"] = "application/x-www-form-urlencoded",
+  }, body)
+end
+"""
+
+JWKS_LUA = """
+request = function()
+  return wrk.format("GET", "/.well-known/jwks.json")
+end
+"""
+
+RESULT_LUA = """
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%d %%d %%d %%.1f %%.1f %%.1f\\n",
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean))
+end
+"""
+
 LUA = """
 local creds = {}
 for line in io.lines("%(file)s") do creds[#creds + 1] = line end
@@ -188,7 +213,11 @@ async def seed(database_url: str, org_id: str, start: int, stop: int) -> None:
                 "created_at",
             ],
         )  # fmt: skip
-    await conn.execute("ANALYZE")
+    # Steady state, as for agents registered over months: no autovacuum or checkpoint
+    # of the bulk load running during the measurement.
+    await conn.execute("VACUUM (ANALYZE) agents")
+    await conn.execute("VACUUM (ANALYZE) credentials")
+    await conn.execute("CHECKPOINT")
     await conn.close()
 
 
@@ -264,10 +293,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(
-    name: str, url: str, path: str, creds: Path, args: argparse.Namespace, server_pid: int
+    name: str,
+    url: str,
+    path: str,
+    creds: Path,
+    args: argparse.Namespace,
+    server_pid: int,
+    lua: str | None = None,
 ) -> Result:
-    script = SCRATCH / f"{name.split()[0]}.lua"
-    script.write_text(LUA % {"file": creds, "path": path})
+    script = SCRATCH / f"{name.split()[0]}-{name.split()[-1]}.lua"
+    script.write_text(lua or LUA % {"file": creds, "path": path})
     base = ["wrk", f"-t{args.threads}", f"-c{args.connections}", "-s", str(script), url]
     subprocess.run([*base[:3], "-d3s", *base[3:]], capture_output=True, check=True)  # warm-up
     pids, stores = tree(server_pid), store_pids()
@@ -327,6 +362,49 @@ def start_agentidp(args: argparse.Namespace, database_url: str) -> subprocess.Po
     return process
 
 
+def extras(args: argparse.Namespace, url: str, pid: int, creds: Path) -> None:
+    """Introspection and JWKS rates on the same server (RFC 7662 §2.1: client-authenticated)."""
+    auth = creds.read_text().splitlines()[0]
+    request = urllib.request.Request(  # noqa: S310 - our own http:// URL
+        f"{url}/api/v1/token",
+        data=b"grant_type=client_credentials",
+        headers={"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our server
+        token = json.loads(response.read())["access_token"]
+    introspect = INTROSPECT_LUA % {"token": token, "auth": auth} + RESULT_LUA
+    wrk("introspection (RFC 7662) calls", url, "", creds, args, pid, introspect)
+    wrk("JWKS fetches", url, "", creds, args, pid, JWKS_LUA + RESULT_LUA)
+    say(verify_cost(url, token))
+
+
+def verify_cost(url: str, token: str) -> str:
+    """What a resource server pays per token in Python, keys already fetched."""
+    import jwt as pyjwt
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import KeySet
+
+    with urllib.request.urlopen(f"{url}/.well-known/jwks.json", timeout=10) as response:  # noqa: S310
+        jwks = json.loads(response.read())
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    key = next(k for k in jwks["keys"] if k["kid"] == kid)
+    alg = key["alg"]
+    public = pyjwt.PyJWK(key).key
+    keyset = KeySet.import_key_set(jwks)
+    rounds = 2000
+    started = time.perf_counter()
+    for _ in range(rounds):
+        pyjwt.decode(token, public, algorithms=[alg], options={"verify_aud": False})
+    pyjwt_us = 1e6 * (time.perf_counter() - started) / rounds
+    started = time.perf_counter()
+    for _ in range(rounds):
+        jose_jwt.decode(token, keyset, algorithms=[alg])
+    jose_us = 1e6 * (time.perf_counter() - started) / rounds
+    return (
+        f"token verification in Python ({alg}): PyJWT {pyjwt_us:.0f} µs, joserfc {jose_us:.0f} µs"
+    )
+
+
 async def count_audited(database_url: str) -> int:
     import asyncpg
 
@@ -356,17 +434,20 @@ def run_agentidp(args: argparse.Namespace) -> list[Result]:
         creds = SCRATCH / f"agentidp-{size}.txt"
         write_credentials(creds, [(client_id_for(i), secret_for(i)) for i in sample])
         process = start_agentidp(args, database_url)
+        url = f"http://127.0.0.1:{args.port}"
         try:
             before = asyncio.run(count_audited(database_url))
             result = wrk(
                 f"agentidp {args.server} w{args.workers} {args.alg} {size} agents",
-                f"http://127.0.0.1:{args.port}",
+                url,
                 "/api/v1/token",
                 creds,
                 args,
                 process.pid,
             )
             results.append(result)
+            if size == args.sizes[0] and not args.tokens_only:
+                extras(args, url, process.pid, creds)
         finally:
             stop(process)
         audited = asyncio.run(count_audited(database_url)) - before
@@ -441,6 +522,9 @@ def main() -> None:
     parser.add_argument("--access-log", action="store_true", help="keep ACCESS_LOG on")
     parser.add_argument("--port", type=int, default=3300)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument(
+        "--tokens-only", action="store_true", help="skip introspection, JWKS and verify costs"
+    )
     parser.add_argument("--peer-workers", type=int, default=2)
     parser.add_argument("--peer-port", type=int, default=3301)
     args = parser.parse_args()

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agentidp_server.app import create_app
 from agentidp_server.metrics import metrics_bind
 from agentidp_server.settings import load_settings
 from agentidp_server.testkit import admin_headers, make_org
@@ -54,11 +55,16 @@ RUNBOOK_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 # delete its line here); docs/operations.md lists the same ones.
 NOT_YET_EXPORTED: dict[str, str] = {
     "agentidp_webhook_dead_letters_total": "arrives with the webhooks feature",
-    "agentidp_did_documents_generated_total": "arrives with the DID plugin",
-    "agentidp_oidc_tokens_issued_total": "arrives with the OIDC plugin",
     "agentidp_federation_events_total": "arrives with the federation plugin",
-    "agentidp_delegation_chains_created_total": "arrives with the A2A delegation plugin",
     "agentidp_compliance_reports_generated_total": "arrives with the compliance plugin",
+}
+
+
+# Runbook metrics that the plugins under plugins/ export, by the setting enabling each.
+PLUGIN_METRICS: dict[str, str] = {
+    "agentidp_did_documents_generated_total": "DID_ENABLED",
+    "agentidp_oidc_tokens_issued_total": "OIDC_ENABLED",
+    "agentidp_delegation_chains_created_total": "DELEGATION_ENABLED",
 }
 
 
@@ -105,6 +111,26 @@ def assert_runbook_metrics(families: dict[str, Any]) -> None:
 
 def test_allowances_are_runbook_metrics():
     assert set(NOT_YET_EXPORTED) <= set(RUNBOOK_METRICS)
+    assert set(PLUGIN_METRICS) <= set(RUNBOOK_METRICS)
+    assert not set(PLUGIN_METRICS) & set(NOT_YET_EXPORTED)
+
+
+@pytest.mark.parametrize("metric", sorted(PLUGIN_METRICS))
+async def test_plugin_metric_is_exported_as_the_runbook_says(metric, tmp_path):
+    """Each plugin's own tests drive its counter; here: the name, type and labels."""
+    kind, labels = RUNBOOK_METRICS[metric]
+    settings = load_settings(
+        env="test",
+        overrides={"DATA_DIR": str(tmp_path), PLUGIN_METRICS[metric]: True},
+        environ={},
+    )
+    app = create_app(settings)
+    async with app.test_app() as test_app:
+        text = await (await test_app.test_client().get("/metrics")).get_data(as_text=True)
+    family = parse(text).get(family_name(metric, kind))
+    assert family is not None, f"{metric} missing with {PLUGIN_METRICS[metric]}"
+    assert family.type == kind
+    assert label_names(family) <= set(labels)
 
 
 # --- in process, PostgreSQL + Redis: every kernel metric after real traffic ------------

@@ -171,7 +171,8 @@ def token_response(
 
     `context` holds `agent` (the authenticated client's agent), `grant_type`,
     `params` (the request's parameters without credentials or presented
-    tokens) and `claims` (the issued access token's claims). The response's
+    tokens), `claims` (the issued access token's claims) and `access_token`
+    (the issued access token, e.g. for an id_token's `at_hash`). The response's
     own fields (`access_token`, `token_type`, `expires_in`, `scope`,
     `issued_token_type`, `refresh_token`) cannot be overwritten. As with
     `token_claims`, a failure fails the token request.

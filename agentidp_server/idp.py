@@ -100,6 +100,16 @@ class IdP:
             await self._db.close()
             self._db = None
 
+    def plugin_enabled(self, name: str) -> bool:
+        """Whether the plugin published under entry-point name `name` is on."""
+        return name in self.hooks.enabled
+
+    async def oauth_metadata(self) -> dict[str, Any]:
+        """The RFC 8414 authorization-server metadata, every plugin's fields included."""
+        from agentidp_server.oauth.endpoints import metadata
+
+        return await metadata(self)
+
     def migration_sets(self) -> list[Any]:
         return self.hooks.migrations(self)
 

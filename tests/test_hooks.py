@@ -219,6 +219,7 @@ async def test_token_response(agentidp_client, agentidp_idp):
     }
     assert context["claims"]["jti"]
     assert context["agent"]["client_id"] == org["client_id"]
+    assert context["access_token"] == body["access_token"]
     for field in sorted(RESPONSE_FIELDS):
         state(agentidp_idp)["extra_response"] = {field: "forged"}
         with pytest.raises(PluginError, match=rf"plugin 'hello' may not set .*'{field}'"):
@@ -282,3 +283,10 @@ async def test_audit_event(tmp_path, caplog):
         "plugin second failed handling audit event 1",
         "plugin second failed handling audit event 2",
     ]
+
+
+async def test_facade_metadata_and_plugin_switches(agentidp_client, agentidp_idp):
+    served = await (await agentidp_client.get("/.well-known/oauth-authorization-server")).get_json()
+    assert await agentidp_idp.oauth_metadata() == served
+    assert agentidp_idp.plugin_enabled("hello")
+    assert not agentidp_idp.plugin_enabled("no-such-plugin")

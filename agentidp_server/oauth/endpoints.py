@@ -81,6 +81,8 @@ async def token() -> Response:
             "params": {k: v for k, v in params.items() if k not in PRESENTED_SECRETS},
             # We just signed it: its payload needs decoding, not verifying.
             "claims": access_token_claims(body["access_token"]),
+            # The issued token itself: an OIDC id_token's at_hash hashes it (OIDC Core §3.1.3.6).
+            "access_token": body["access_token"],
         }
         body.update(await idp.hooks.token_response(idp, context))
     counter = idp.state["core"].get("tokens_issued")

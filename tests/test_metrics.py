@@ -95,8 +95,8 @@ def sample_value(families: dict[str, Any], family: str, sample: str, **labels: s
 def assert_runbook_metrics(families: dict[str, Any]) -> None:
     missing, wrong = [], []
     for metric, (kind, labels) in RUNBOOK_METRICS.items():
-        if metric in NOT_YET_EXPORTED:
-            continue
+        if metric in NOT_YET_EXPORTED or metric in PLUGIN_METRICS:
+            continue  # plugin metrics: test_plugin_metric_is_exported_as_the_runbook_says
         family = families.get(family_name(metric, kind))
         if family is None:
             missing.append(metric)

@@ -1,0 +1,297 @@
+"""OAuth 2.0 Token Exchange (RFC 8693) for delegation: the `act` chain grows one hop.
+
+The authenticated client (the delegatee, B) presents the `subject_token` of the
+party it acts for (A, or a token already delegated to it) and gets a token with
+`sub` = A and `act` = {"sub": B, "act": <the prior actors>}. Every hop needs an
+active delegation grant from the current holder of the subject's authority to B.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from agentidp_server import IdP, InvalidToken, OAuthError, TokenRequest
+
+from agentidp_delegation import chains, store
+from agentidp_delegation.state import count_chain
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN
+# Our access tokens are JWTs, so both identifiers name what we accept and issue (§3).
+TOKEN_TYPES = (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE)
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+# may_act members we can evaluate (§4.4); any other member fails closed.
+MAY_ACT_MEMBERS = frozenset({"sub", "client_id", "org_id", "iss"})
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """The RFC 8693 §2.1 parameters of one request, checked for shape."""
+
+    subject_token: str
+    actor_token: str | None
+    scope: list[str] | None
+    targets: list[str]
+    delegation_id: str | None
+
+
+def _param(params: Mapping[str, str], name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and not value.strip():
+        raise OAuthError("invalid_request", f"{name} must not be empty")
+    return value
+
+
+def _token_type(params: Mapping[str, str], name: str) -> None:
+    value = params.get(name)
+    if value not in TOKEN_TYPES:
+        raise OAuthError(
+            "invalid_request", f"{name} must be {ACCESS_TOKEN_TYPE} (or {JWT_TOKEN_TYPE})"
+        )
+
+
+def parse(params: Mapping[str, str]) -> Exchange:
+    """RFC 8693 §2.1: malformed parameters are `invalid_request` (§2.2.2)."""
+    subject_token = _param(params, "subject_token")
+    if subject_token is None:
+        raise OAuthError("invalid_request", "subject_token is required")
+    if "subject_token_type" not in params:
+        raise OAuthError("invalid_request", "subject_token_type is required")
+    _token_type(params, "subject_token_type")
+    actor_token = _param(params, "actor_token")
+    # §2.1: actor_token_type is required with actor_token and must not appear without it.
+    if actor_token is not None:
+        _token_type(params, "actor_token_type")
+    elif "actor_token_type" in params:
+        raise OAuthError("invalid_request", "actor_token_type is given without actor_token")
+    if "requested_token_type" in params:
+        _token_type(params, "requested_token_type")
+    raw_scope = params.get("scope")
+    scope: list[str] | None = None
+    if raw_scope is not None:
+        scope = raw_scope.split(" ")
+        if not raw_scope or any(not SCOPE_TOKEN.match(s) for s in scope):
+            raise OAuthError("invalid_scope", "scope must be space-separated scope tokens")
+    targets: list[str] = []
+    audience = _param(params, "audience")
+    if audience is not None:
+        targets.append(audience)
+    resource = params.get("resource")
+    if resource is not None:
+        # §2.1 / RFC 8707 §2: an absolute URI without a fragment.
+        parts = urlsplit(resource)
+        if not parts.scheme or not (parts.netloc or parts.path) or "#" in resource:
+            raise OAuthError(
+                "invalid_target", "resource must be an absolute URI without a fragment"
+            )
+        targets.append(resource)
+    return Exchange(
+        subject_token=subject_token,
+        actor_token=actor_token,
+        scope=scope,
+        targets=list(dict.fromkeys(targets)),
+        delegation_id=_param(params, "delegation_id"),
+    )
+
+
+async def _verified(idp: IdP, token: str, name: str, org_id: str) -> dict[str, Any]:
+    """A presented token that is active now (signature, expiry, revocation, status of
+    its agents and of every delegation link) and of the client's organisation."""
+    try:
+        claims = await idp.tokens.verify(token)
+    except InvalidToken as error:
+        raise OAuthError("invalid_grant", f"{name} is not active: {error}") from None
+    # Another organisation's token is indistinguishable from an unknown one.
+    if claims["org_id"] != org_id:
+        raise OAuthError("invalid_grant", f"{name} is not active")
+    return claims
+
+
+def _check_may_act(idp: IdP, subject: Mapping[str, Any], actor: Mapping[str, Any]) -> None:
+    """RFC 8693 §4.4: a subject token's `may_act` names who may act for it."""
+    if "may_act" not in subject:
+        return
+    may_act = subject["may_act"]
+    if not isinstance(may_act, Mapping) or not may_act:
+        raise OAuthError("invalid_grant", "subject_token's may_act claim is malformed")
+    mine = {
+        "sub": actor["agent_id"],
+        "client_id": actor["client_id"],
+        "org_id": actor["org_id"],
+        "iss": idp.issuer,
+    }
+    for member, value in may_act.items():
+        if member not in MAY_ACT_MEMBERS or mine[member] != value:
+            raise OAuthError("invalid_grant", "subject_token's may_act does not name this client")
+
+
+def _aud(claims: Mapping[str, Any]) -> list[str]:
+    aud = claims.get("aud")
+    return [a for a in (aud if isinstance(aud, list) else [aud]) if isinstance(a, str)]
+
+
+@dataclass(frozen=True)
+class Narrowed:
+    scopes: list[str]
+    audience: str | list[str]
+
+
+def narrow(
+    exchange: Exchange,
+    subject: Mapping[str, Any],
+    grant: Mapping[str, Any],
+    delegator_scopes: list[str],
+) -> Narrowed:
+    """Scope and audience may only narrow (RFC 8693 §2.1, §5): scope within the subject
+    token's, the grant's and what the delegator holds now; audience within the
+    subject token's and the grant's."""
+    held = set(str(subject.get("scope", "")).split()) & set(grant["scopes"]) & set(delegator_scopes)
+    if exchange.scope is None:
+        if not held:
+            raise OAuthError("invalid_scope", "the delegation leaves no scope to issue")
+        scopes = sorted(held)
+    else:
+        wider = sorted(set(exchange.scope) - held)
+        if wider:
+            raise OAuthError(
+                "invalid_scope", f"scope exceeds what the delegation allows: {' '.join(wider)}"
+            )
+        scopes = sorted(set(exchange.scope))
+    allowed = _aud(subject)
+    if grant["audience"] is not None:
+        allowed = [a for a in allowed if a == grant["audience"]]
+        if not allowed:
+            raise OAuthError(
+                "invalid_target", "the delegation's audience is not an audience of subject_token"
+            )
+    wider_targets = [t for t in exchange.targets if t not in allowed]
+    if wider_targets:
+        raise OAuthError(
+            "invalid_target",
+            f"audience is wider than the subject_token and delegation allow: {wider_targets[0]}",
+        )
+    chosen = exchange.targets or allowed
+    return Narrowed(scopes, chosen[0] if len(chosen) == 1 else chosen)
+
+
+class TokenExchangeGrant:
+    """`grant_type=urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693 §2)."""
+
+    grant_type = TOKEN_EXCHANGE
+
+    async def issue(self, request: TokenRequest) -> dict[str, Any]:
+        idp, client = request.idp, request.client
+        exchange = parse(request.params)
+        actor = client.agent
+        actor_id = str(actor["agent_id"])
+        subject = await _verified(idp, exchange.subject_token, "subject_token", client.org_id)
+        if exchange.actor_token is not None:
+            acting = await _verified(idp, exchange.actor_token, "actor_token", client.org_id)
+            # §2.1: the actor token represents the acting party: this client, itself.
+            if acting["sub"] != actor_id or "act" in acting:
+                raise OAuthError(
+                    "invalid_grant", "actor_token must be the client's own, undelegated token"
+                )
+        try:
+            prior_chain = chains.chain_of(subject)
+            path = chains.participants(subject)
+        except chains.BadChain as error:
+            raise OAuthError(
+                "invalid_grant", f"subject_token cannot be exchanged: {error}"
+            ) from None
+        # A→B→A (or A acting for itself) would let an agent launder its own authority.
+        if actor_id in path:
+            raise OAuthError(
+                "invalid_grant", "the client is already in the subject_token's chain (a cycle)"
+            )
+        depth = len(prior_chain) + 1
+        max_depth = int(idp.settings.DELEGATION_MAX_DEPTH)
+        if depth > max_depth:
+            raise OAuthError("invalid_grant", f"the delegation chain would exceed {max_depth} hops")
+        _check_may_act(idp, subject, actor)
+        holder = path[-1]
+        # Earlier grants bound how far the chain may reach beyond them ("max_depth").
+        earlier = await store.grants_by_id(idp.db, prior_chain)
+        for hop, delegation_id in enumerate(prior_chain):
+            link = earlier.get(delegation_id)
+            if link is None or link["max_depth"] < depth - 1 - hop:
+                raise OAuthError(
+                    "invalid_grant", f"delegation {delegation_id} allows no further delegation"
+                )
+        candidates = await store.live_grants_between(
+            idp.db, client.org_id, holder, actor_id, store.now_ms()
+        )
+        if exchange.delegation_id is not None:
+            candidates = [g for g in candidates if g["delegation_id"] == exchange.delegation_id]
+        if not candidates:
+            raise OAuthError(
+                "invalid_grant", "no active delegation grant lets this client act for the subject"
+            )
+        delegator = await idp.agents.get_in_org(client.org_id, holder)
+        subject_agent = await idp.agents.get_in_org(client.org_id, str(subject["sub"]))
+        if delegator is None or subject_agent is None:
+            raise OAuthError("invalid_grant", "the delegator is not an agent of this organisation")
+        grant, narrowed = _first_fitting(exchange, subject, candidates, delegator["scopes"])
+        now = int(time.time())
+        bound = int(subject["exp"])
+        if grant["expires_at"] is not None:
+            bound = min(bound, int(grant["expires_at"]) // 1000)
+        # -1: mint reads the clock again and must not land past the bound.
+        lifetime = min(idp.tokens.ttl, bound - now - 1)
+        if lifetime <= 0:
+            raise OAuthError("invalid_grant", "subject_token or delegation expires too soon")
+        links = [*prior_chain, grant["delegation_id"]]
+        extra: dict[str, Any] = {
+            "act": chains.nest(actor_id, subject.get("act")),
+            chains.CHAIN_CLAIM: links,
+        }
+        if "may_act" in subject:
+            # §4.4 honoured downstream too: onward delegation needs the named actor.
+            extra["may_act"] = subject["may_act"]
+        # client_id and credential_id are the actor's: it holds the token, may revoke it,
+        # and revoking its credential ends it (RFC 8693 §4.3, RFC 9068 §2.2).
+        token, claims = await idp.tokens.mint(
+            agent=subject_agent,
+            credential_id=client.credential_id,
+            client_id=client.client_id,
+            scopes=narrowed.scopes,
+            audience=narrowed.audience,
+            grant_type=TOKEN_EXCHANGE,
+            extra=extra,
+            lifetime=lifetime,
+        )
+        async with idp.db.transaction() as conn:
+            await store.record_chain(conn, client.org_id, str(subject["sub"]), links)
+        count_chain(idp)
+        # §2.2.1: the response names what it issued.
+        return {
+            "access_token": token,
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": claims["exp"] - claims["iat"],
+            "scope": claims["scope"],
+        }
+
+
+def _first_fitting(
+    exchange: Exchange,
+    subject: Mapping[str, Any],
+    candidates: list[dict[str, Any]],
+    delegator_scopes: list[str],
+) -> tuple[dict[str, Any], Narrowed]:
+    """The newest grant that allows the request; else the newest grant's refusal."""
+    first_error: OAuthError | None = None
+    for grant in candidates:
+        try:
+            return grant, narrow(exchange, subject, grant, delegator_scopes)
+        except OAuthError as error:
+            first_error = first_error or error
+    assert first_error is not None  # candidates is never empty here
+    raise first_error

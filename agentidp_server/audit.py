@@ -248,55 +248,85 @@ class ChainReport:
         }
 
 
-async def verify_chain(
-    db: Database, org_id: str, keys: Keyring | None = None, batch: int = 1000
-) -> ChainReport:
-    """Recompute one chain; report the first broken position and why.
+@dataclass
+class Sweep:
+    """How far a verification has got in one chain: the last event it checked."""
 
-    With `keys`, the newest signed checkpoint is checked too (truncation, a
-    rewritten chain), and a chain pruned by retention starts from the signed
-    checkpoint at its cut.
-    """
+    seq: int
+    hash: str
+    count: int = 0
+
+
+async def checkpoints_of(db: Database, org_id: str, keys: Keyring | None) -> list[dict[str, Any]]:
+    if keys is None:
+        return []
+    return await db.fetch("SELECT * FROM audit_checkpoints WHERE org_id = $1 ORDER BY seq", org_id)
+
+
+async def start_sweep(
+    db: Database, org_id: str, keys: Keyring | None, checkpoints: list[dict[str, Any]]
+) -> Sweep | ChainReport:
+    """Where a chain begins: event 1, or after the signed checkpoint at a retention cut."""
     from agentidp_server.audit_checkpoints import check_signature
 
-    checkpoints = (
-        await db.fetch("SELECT * FROM audit_checkpoints WHERE org_id = $1 ORDER BY seq", org_id)
-        if keys is not None
-        else []
-    )
-    expected_seq, expected_prev, count = 1, GENESIS, 0
     first = await db.fetchval("SELECT MIN(seq) FROM audit_events WHERE org_id = $1", org_id)
     if first is not None and first > 1:
         # Pruned by retention: the chain resumes from the signed hash at the cut.
         cut = next((c for c in checkpoints if c["seq"] == first - 1), None)
         if cut is None or (keys is not None and check_signature(keys, cut) is not None):
             return ChainReport(org_id, 0, False, 1, "event 1 was deleted")
-        expected_seq, expected_prev = first, cut["hash"]
-    last_seq = expected_seq - 1
-    while True:
+        return Sweep(first - 1, cut["hash"])
+    return Sweep(0, GENESIS)
+
+
+async def scan(
+    db: Database, org_id: str, sweep: Sweep, limit: int | None = None, batch: int = 1000
+) -> ChainReport | None:
+    """Re-hash the events after `sweep` (at most `limit`), advancing it; a report if broken."""
+    checked = 0
+    while limit is None or checked < limit:
+        size = batch if limit is None else min(batch, limit - checked)
         rows = await db.fetch(
             "SELECT * FROM audit_events WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             org_id,
-            last_seq,
-            batch,
+            sweep.seq,
+            size,
         )
         for row in rows:
-            count += 1
-            if row["seq"] != expected_seq:
+            sweep.count += 1
+            expected = sweep.seq + 1
+            if row["seq"] != expected:
                 return ChainReport(
-                    org_id, count, False, expected_seq, f"event {expected_seq} was deleted"
+                    org_id, sweep.count, False, expected, f"event {expected} was deleted"
                 )
             if event_hash(row) != row["hash"]:
-                return ChainReport(org_id, count, False, row["seq"], "event was edited")
-            if row["prev_hash"] != expected_prev:
+                return ChainReport(org_id, sweep.count, False, row["seq"], "event was edited")
+            if row["prev_hash"] != sweep.hash:
                 return ChainReport(
-                    org_id, count, False, row["seq"], "event was inserted or reordered"
+                    org_id, sweep.count, False, row["seq"], "event was inserted or reordered"
                 )
-            expected_seq, expected_prev = row["seq"] + 1, row["hash"]
-        if len(rows) < batch:
+            sweep.seq, sweep.hash = row["seq"], row["hash"]
+        checked += len(rows)
+        if len(rows) < size:
             break
-        last_seq = rows[-1]["seq"]
-    last = expected_seq - 1
+    return None
+
+
+async def check_tail(
+    db: Database,
+    org_id: str,
+    keys: Keyring | None,
+    checkpoints: list[dict[str, Any]],
+    count: int,
+) -> ChainReport | None:
+    """Truncation and rewriting: the head and the newest signed checkpoint against the
+    chain's last event. Cheap, so the background check runs it every round."""
+    from agentidp_server.audit_checkpoints import check_signature
+
+    last_row = await db.fetchrow(
+        "SELECT seq, hash FROM audit_events WHERE org_id = $1 ORDER BY seq DESC LIMIT 1", org_id
+    )
+    last, last_hash = (last_row["seq"], last_row["hash"]) if last_row else (0, GENESIS)
     if keys is not None and checkpoints:
         newest = checkpoints[-1]
         problem = check_signature(keys, newest)
@@ -316,11 +346,30 @@ async def verify_chain(
                 org_id, count, False, newest["seq"], "chain differs from its signed checkpoint"
             )
     head = await db.fetchrow("SELECT seq, hash FROM audit_heads WHERE org_id = $1", org_id)
-    if head is not None and (head["seq"] != last or head["hash"] != expected_prev):
+    if head is not None and (head["seq"] != last or head["hash"] != last_hash):
         return ChainReport(
             org_id, count, False, last + 1, "events after this position were deleted (truncated)"
         )
-    return ChainReport(org_id, count, True)
+    return None
+
+
+async def verify_chain(
+    db: Database, org_id: str, keys: Keyring | None = None, batch: int = 1000
+) -> ChainReport:
+    """Recompute one chain; report the first broken position and why.
+
+    With `keys`, the newest signed checkpoint is checked too (truncation, a
+    rewritten chain), and a chain pruned by retention starts from the signed
+    checkpoint at its cut.
+    """
+    checkpoints = await checkpoints_of(db, org_id, keys)
+    sweep = await start_sweep(db, org_id, keys, checkpoints)
+    if isinstance(sweep, ChainReport):
+        return sweep
+    report = await scan(db, org_id, sweep, batch=batch)
+    if report is None:
+        report = await check_tail(db, org_id, keys, checkpoints, sweep.count)
+    return report or ChainReport(org_id, sweep.count, True)
 
 
 async def verify_all(

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import time
-import uuid
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server.ids import now_ms
+from agentidp_server.leases import Lease
 from agentidp_server.storage.errors import StorageUnavailable
 
 if TYPE_CHECKING:
@@ -37,11 +33,20 @@ MIN_ROUND_GAP = 0.05
 class AuditDispatcher:
     def __init__(self, idp: IdP, lease_ms: int = 10_000) -> None:
         self.idp = idp
-        self.lease_ms = lease_ms
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = Lease(idp, LEASE, lease_ms)
         self._wake = asyncio.Event()
-        self._renewed_at = 0.0
-        self._lease_row = False
+
+    @property
+    def holder(self) -> str:
+        return self.lease.holder
+
+    @property
+    def lease_ms(self) -> int:
+        return self.lease.ttl_ms
+
+    @lease_ms.setter
+    def lease_ms(self, value: int) -> None:
+        self.lease.ttl_ms = value
 
     @property
     def interval(self) -> float:
@@ -51,38 +56,8 @@ class AuditDispatcher:
         """An event committed in this process: look now rather than at the next poll."""
         self._wake.set()
 
-    # The lease -------------------------------------------------------------
-
     async def acquire(self) -> bool:
-        """Take or renew the lease; False while another live process holds it."""
-        db, now = self.idp.db, now_ms()
-        if not self._lease_row:
-            await db.execute(
-                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, '', 0) "
-                "ON CONFLICT (name) DO NOTHING",
-                LEASE,
-            )
-            self._lease_row = True
-        taken = await db.execute(
-            "UPDATE leases SET holder = $1, expires_at = $2 "
-            "WHERE name = $3 AND (holder = $1 OR expires_at < $4)",
-            self.holder, now + self.lease_ms, LEASE, now,
-        )  # fmt: skip
-        if taken:
-            self._renewed_at = time.monotonic()
-        return taken > 0
-
-    async def release(self) -> None:
-        """Let another process take over at once (at shutdown)."""
-        await self.idp.db.execute(
-            "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2", LEASE, self.holder
-        )
-
-    async def _keep(self) -> bool:
-        # Renew well before expiry so a slow plugin does not cost us the lease.
-        if time.monotonic() - self._renewed_at < self.lease_ms / 3000:
-            return True
-        return await self.acquire()
+        return await self.lease.acquire()
 
     # Delivery --------------------------------------------------------------
 
@@ -96,11 +71,7 @@ class AuditDispatcher:
     async def _advance(self, org_id: str, seq: int) -> bool:
         """Move the cursor, only while we hold the lease (fencing a stalled holder)."""
         async with self.idp.db.transaction() as conn:
-            still = await conn.fetchval(
-                "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND expires_at > $3",
-                LEASE, self.holder, now_ms(),
-            )  # fmt: skip
-            if not still:
+            if not await self.lease.held_in(conn):
                 return False
             await conn.execute(
                 "INSERT INTO audit_deliveries (org_id, seq) VALUES ($1, $2) "
@@ -131,7 +102,7 @@ class AuditDispatcher:
                     await self.idp.hooks.audit_event(self.idp, event)
                 cursor = int(events[-1]["seq"])
                 delivered += len(events)
-                if not await self._keep() or not await self._advance(org_id, cursor):
+                if not await self.lease.keep() or not await self._advance(org_id, cursor):
                     log.warning("audit dispatch lease lost; another process delivers from here")
                     return delivered
         return delivered
@@ -157,4 +128,4 @@ class AuditDispatcher:
         except StorageUnavailable:
             log.warning("audit dispatch could not drain: storage unavailable")
         with suppress(StorageUnavailable):  # else the lease expires on its own
-            await self.release()
+            await self.lease.release()

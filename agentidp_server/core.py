@@ -102,7 +102,8 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         "agentidp_audit_chain_integrity",
         "1 if audit chain is intact, 0 if broken",
         registry=registry,
-        multiprocess_mode="min",
+        # Only the process holding the audit-integrity lease checks and sets it.
+        multiprocess_mode="mostrecent",
     )
     state["credentials_expiring"] = Gauge(
         "agentidp_credentials_expiring_soon_total",
@@ -154,8 +155,11 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
             await prune(idp)
 
     async def audit_integrity() -> None:
+        from agentidp_server.audit_integrity import IntegrityWatch
+
+        watch = IntegrityWatch(idp)
         while True:
-            await refresh_audit_integrity(idp)
+            await watch.round()
             await asyncio.sleep(float(idp.settings.AUDIT_VERIFY_INTERVAL))
 
     return [

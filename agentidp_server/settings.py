@@ -284,6 +284,14 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting(
+        "AUDIT_VERIFY_BATCH",
+        50_000,
+        "Events per chain the background integrity check re-hashes per round (it sweeps "
+        "each chain in slices; the CLI and API verify whole chains)",
+        int,
+        _positive,
+    ),
+    Setting(
         "AUDIT_DISPATCH_INTERVAL",
         1.0,
         "Seconds between looks for audit events other processes committed (plugin delivery)",

@@ -329,3 +329,87 @@ async def test_a_failed_group_commit_fails_every_caller_and_writes_nothing(
     # The writer recovers: the next event starts the chain at 1.
     event = await idp.audit.record(idp.db, org_id="org-a", action="token.issued")
     assert event["seq"] == 1
+
+
+@pytest.fixture
+async def standalone(agentidp_settings):
+    """An IdP over a migrated store with no background tasks (no app holding leases)."""
+    from agentidp_server.app import build_idp
+    from agentidp_server.migrations import migrate
+
+    idp = build_idp(agentidp_settings)
+    idp.hooks.metrics(idp, idp.registry)
+    await idp.open_storage()
+    await migrate(idp.db, idp.migration_sets())
+    await idp.keys.load(idp.db)
+    try:
+        yield idp
+    finally:
+        await idp.close_storage()
+
+
+async def _chain_of(idp, org_id: str, events: int) -> None:
+    for i in range(events):
+        await idp.audit.record(idp.db, org_id=org_id, action="agent.updated", target_id=str(i))
+
+
+async def test_background_check_sweeps_in_bounded_slices_and_holds_a_break(standalone):
+    from agentidp_server.audit_integrity import IntegrityWatch
+
+    idp = standalone
+    gauge = "agentidp_audit_chain_integrity"
+    await _chain_of(idp, "org-s", 30)
+    idp.settings.set("AUDIT_VERIFY_BATCH", 10)
+    watch = IntegrityWatch(idp)
+    assert await watch.round() is True
+    assert watch.sweeps["org-s"].seq == 10  # one slice, not the whole chain
+    await idp.db.execute(
+        "UPDATE audit_events SET outcome = 'failure' WHERE org_id = 'org-s' AND seq = 25"
+    )
+    assert await watch.round() is True  # the sweep is at 11..20: not there yet
+    assert await watch.round() is False  # 21..30 finds it
+    assert idp.registry.get_sample_value(gauge) == 0
+    # Broken chains are verified in full from then on: the gauge does not flip back.
+    assert await watch.round() is False
+    assert await watch.round() is False
+    await idp.db.execute(
+        "UPDATE audit_events SET outcome = 'success' WHERE org_id = 'org-s' AND seq = 25"
+    )
+    assert await watch.round() is True
+    assert idp.registry.get_sample_value(gauge) == 1
+
+
+async def test_background_check_sees_a_cut_tail_whatever_the_sweep_position(standalone):
+    from agentidp_server.audit_integrity import IntegrityWatch
+
+    idp = standalone
+    await _chain_of(idp, "org-t", 30)
+    idp.settings.set("AUDIT_VERIFY_BATCH", 10)
+    watch = IntegrityWatch(idp)
+    assert await watch.round() is True
+    await idp.db.execute("DELETE FROM audit_events WHERE org_id = 'org-t' AND seq > 28")
+    assert await watch.round() is False  # the head check runs every round
+
+
+async def test_background_check_keeps_up_with_a_growing_chain(standalone):
+    from agentidp_server.audit_integrity import IntegrityWatch
+
+    idp = standalone
+    await _chain_of(idp, "org-g", 5)
+    idp.settings.set("AUDIT_VERIFY_BATCH", 4)
+    watch = IntegrityWatch(idp)
+    assert await watch.round() is True
+    await _chain_of(idp, "org-g", 20)  # grows faster than one slice
+    assert await watch.round() is True
+    # The slice widened to twice the growth, so the sweep reached the head and starts over.
+    assert "org-g" not in watch.sweeps
+
+
+async def test_one_process_runs_the_background_check(standalone):
+    from agentidp_server.audit_integrity import IntegrityWatch
+
+    await _chain_of(standalone, "org-l", 3)
+    first, second = IntegrityWatch(standalone), IntegrityWatch(standalone)
+    assert await first.round() is True
+    assert await second.round() is None  # another process holds the lease
+    assert await first.round() is True

@@ -1,0 +1,74 @@
+"""Named leases in the database: one process at a time does a job (any adapter).
+
+The holder renews its lease; another process takes over once it has expired.
+A holder that stalls past its lease must not act on stale authority: writes
+that matter check `held_in(conn)` in their own transaction (fencing).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from agentidp_server.ids import now_ms
+
+if TYPE_CHECKING:
+    from agentidp_server.idp import IdP
+    from agentidp_server.storage.db import Connection
+
+
+class Lease:
+    def __init__(self, idp: IdP, name: str, ttl_ms: int = 10_000) -> None:
+        self._idp = idp  # storage opens after the services are built: look it up per call
+        self.name = name
+        self.ttl_ms = ttl_ms
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._row = False
+        self._renewed_at = 0.0
+
+    async def acquire(self) -> bool:
+        """Take or renew the lease; False while another live process holds it."""
+        now = now_ms()
+        if not self._row:
+            await self._idp.db.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, '', 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                self.name,
+            )
+            self._row = True
+        taken = await self._idp.db.execute(
+            "UPDATE leases SET holder = $1, expires_at = $2 "
+            "WHERE name = $3 AND (holder = $1 OR expires_at < $4)",
+            self.holder, now + self.ttl_ms, self.name, now,
+        )  # fmt: skip
+        if taken:
+            self._renewed_at = time.monotonic()
+        return taken > 0
+
+    async def keep(self) -> bool:
+        """Renew if a third of the lease has passed (so slow work does not lose it)."""
+        if time.monotonic() - self._renewed_at < self.ttl_ms / 3000:
+            return True
+        return await self.acquire()
+
+    async def held_in(self, conn: Connection) -> bool:
+        """Whether we still hold it, read inside the caller's transaction."""
+        return bool(
+            await conn.fetchval(
+                "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND expires_at > $3",
+                self.name,
+                self.holder,
+                now_ms(),
+            )
+        )
+
+    async def release(self) -> None:
+        """Let another process take over at once."""
+        await self._idp.db.execute(
+            "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2",
+            self.name,
+            self.holder,
+        )

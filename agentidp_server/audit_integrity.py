@@ -8,7 +8,9 @@ round, if that is more, so the sweep always gains on the head), checks the tail
 (head row, newest signed checkpoint) every time, and starts over once it has
 reached the end. Every event is re-hashed once per cycle at a bounded cost per
 round. A chain found broken is verified in full each round until it is intact
-again, so the gauge does not flip back while the sweep is elsewhere.
+again, so the gauge does not flip back while the sweep is elsewhere. The result
+is stored, and every other process exports it too (alerts take the minimum
+across pods).
 `agentidp audit verify` and `GET /api/v1/audit/verify` always check whole chains.
 """
 
@@ -26,6 +28,7 @@ from agentidp_server.audit import (
     start_sweep,
     verify_chain,
 )
+from agentidp_server.ids import now_ms
 from agentidp_server.leases import Lease
 
 if TYPE_CHECKING:
@@ -70,9 +73,25 @@ class IntegrityWatch:
             self.sweeps.pop(org_id, None)  # a cycle done (or a break found): start over
         return report
 
+    async def _share(self, intact: bool) -> None:
+        await self.idp.db.execute(
+            "INSERT INTO audit_integrity (scope, intact, checked_at) VALUES ('all', $1, $2) "
+            "ON CONFLICT (scope) DO UPDATE SET intact = excluded.intact, "
+            "checked_at = excluded.checked_at",
+            1 if intact else 0,
+            now_ms(),
+        )
+
     async def round(self) -> bool | None:
-        """One round over every chain; None when another process holds the lease."""
+        """One round over every chain. Another process holding the lease: export its
+        latest result (so every pod reports the same) and return None."""
+        gauge = self.idp.state["core"]["audit_integrity"]
         if not await self.lease.acquire():
+            shared = await self.idp.db.fetchval(
+                "SELECT intact FROM audit_integrity WHERE scope = 'all'"
+            )
+            if shared is not None:
+                gauge.set(int(shared))
             return None
         batch = int(self.idp.settings.AUDIT_VERIFY_BATCH)
         rows = await self.idp.db.fetch(
@@ -96,5 +115,6 @@ class IntegrityWatch:
                 report.first_broken_seq,
                 report.reason,
             )
-        self.idp.state["core"]["audit_integrity"].set(1 if intact else 0)
+        gauge.set(1 if intact else 0)
+        await self._share(intact)
         return intact

@@ -406,10 +406,24 @@ async def test_background_check_keeps_up_with_a_growing_chain(standalone):
 
 
 async def test_one_process_runs_the_background_check(standalone):
+    from agentidp_server.app import build_idp
     from agentidp_server.audit_integrity import IntegrityWatch
 
+    gauge = "agentidp_audit_chain_integrity"
     await _chain_of(standalone, "org-l", 3)
-    first, second = IntegrityWatch(standalone), IntegrityWatch(standalone)
-    assert await first.round() is True
-    assert await second.round() is None  # another process holds the lease
-    assert await first.round() is True
+    other = build_idp(standalone.settings)  # a second process, with its own metrics
+    other.hooks.metrics(other, other.registry)
+    await other.open_storage()
+    try:
+        first, second = IntegrityWatch(standalone), IntegrityWatch(other)
+        assert await first.round() is True
+        assert await second.round() is None  # another process holds the lease...
+        assert other.registry.get_sample_value(gauge) == 1  # ...and it exports its result
+        await standalone.db.execute(
+            "UPDATE audit_events SET reason = 'x' WHERE org_id = 'org-l' AND seq = 2"
+        )
+        assert await first.round() is False
+        assert await second.round() is None
+        assert other.registry.get_sample_value(gauge) == 0
+    finally:
+        await other.close_storage()

@@ -14,3 +14,12 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     expires_at BIGINT NOT NULL
 );
+
+-- The background integrity check's latest result, written by the process
+-- holding the `audit-integrity` lease, so every process (every pod) exports
+-- the same agentidp_audit_chain_integrity.
+CREATE TABLE audit_integrity (
+    scope TEXT PRIMARY KEY,
+    intact INTEGER NOT NULL,
+    checked_at BIGINT NOT NULL
+);

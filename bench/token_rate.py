@@ -73,7 +73,7 @@ end
 
 RESULT_LUA = """
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT %%d %%d %%d %%d %%.1f %%.1f %%.1f\\n",
+  io.write(string.format("RESULT %d %d %d %d %.1f %.1f %.1f\\n",
     summary.requests, summary.duration, summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
     latency:percentile(50), latency:percentile(99), latency.mean))
@@ -92,12 +92,6 @@ request = function()
     ["Authorization"] = auth,
     ["Content-Type"] = "application/x-www-form-urlencoded",
   }, body)
-end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %%d %%d %%d %%d %%.1f %%.1f %%.1f\\n",
-    summary.requests, summary.duration, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency.mean))
 end
 """
 
@@ -302,7 +296,7 @@ def wrk(
     lua: str | None = None,
 ) -> Result:
     script = SCRATCH / f"{name.split()[0]}-{name.split()[-1]}.lua"
-    script.write_text(lua or LUA % {"file": creds, "path": path})
+    script.write_text(lua or LUA % {"file": creds, "path": path} + RESULT_LUA)
     base = ["wrk", f"-t{args.threads}", f"-c{args.connections}", "-s", str(script), url]
     subprocess.run([*base[:3], "-d3s", *base[3:]], capture_output=True, check=True)  # warm-up
     pids, stores = tree(server_pid), store_pids()

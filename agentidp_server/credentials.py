@@ -159,15 +159,3 @@ async def revoke(conn: Connection | Database, agent_id: str, credential_id: str)
         agent_id,
     )
     return changed > 0
-
-
-async def is_revoked(db: Database, credential_id: str) -> bool:
-    """Tokens issued through a revoked (or deleted) credential are inactive.
-
-    An expired credential can no longer authenticate, but the short-lived tokens
-    it obtained before stay valid until their own `exp`.
-    """
-    status = await db.fetchval(
-        "SELECT status FROM credentials WHERE credential_id = $1", credential_id
-    )
-    return bool(status != "active")

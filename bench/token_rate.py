@@ -115,9 +115,9 @@ class Result:
     def line(self) -> str:
         ok = max(self.requests - self.non_2xx, 1)
         return (
-            f"{self.name:<44} {self.rate:>8.0f} tokens/s  p50 {self.p50_ms:6.1f} ms  "
+            f"{self.name:<44} {self.rate:>8.0f} req/s  p50 {self.p50_ms:6.1f} ms  "
             f"p99 {self.p99_ms:6.1f} ms  non-2xx {self.non_2xx}  errors {self.socket_errors}  "
-            f"CPU/token {1e6 * self.cpu_s / ok:6.0f} µs server + "
+            f"CPU/req {1e6 * self.cpu_s / ok:6.0f} µs server + "
             f"{1e6 * self.store_cpu_s / ok:4.0f} µs PG/Redis"
         )
 

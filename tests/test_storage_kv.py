@@ -327,3 +327,10 @@ async def test_incr_many_refuses_a_non_integer(kv: KV) -> None:
     await kv.set("word", "abc")
     with pytest.raises(ValueError, match="not an integer"):
         await kv.incr_many([Counter("word")])
+
+
+async def test_get_many_reads_in_order_with_none_for_missing(kv: KV) -> None:
+    await kv.set("a", "1")
+    await kv.set("gone", "x", ttl_ms=1)
+    await asyncio.sleep(0.01)
+    assert await kv.get_many("a", "missing", "gone") == ["1", None, None]

@@ -13,7 +13,6 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from agentidp_server import agents, credentials
 from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP
 from agentidp_server.ids import new_id, now_ms
@@ -143,16 +142,22 @@ class TokenService:
         claims = self.verify_signature(token)
         if await self.is_revoked(claims["jti"]):
             raise InvalidToken("Token has been revoked")
-        agent = await agents.get_by_id(self.idp.db, claims["sub"])
-        if agent is None or agent["status"] != "active" or agent["org_id"] != claims["org_id"]:
+        # The agent and the credential behind the token, in one round trip.
+        credential_id = claims.get("credential_id")
+        row = await self.idp.db.fetchrow(
+            "SELECT a.status, a.org_id, a.tokens_valid_after, "
+            "(SELECT c.status FROM credentials c WHERE c.credential_id = $2) AS credential_status "
+            "FROM agents a WHERE a.agent_id = $1",
+            claims["sub"],
+            credential_id if isinstance(credential_id, str) else "",
+        )
+        if row is None or row["status"] != "active" or row["org_id"] != claims["org_id"]:
             raise InvalidToken("Token's agent is not active")
-        cutoff = agent.get("tokens_valid_after")
+        cutoff = row["tokens_valid_after"]
         if cutoff is not None and int(claims.get("iat", 0)) <= cutoff:
             raise InvalidToken("Token was issued before the agent was suspended")
-        credential_id = claims.get("credential_id")
-        if isinstance(credential_id, str) and await credentials.is_revoked(
-            self.idp.db, credential_id
-        ):
+        # A revoked or deleted credential ends its tokens (an expired one does not).
+        if isinstance(credential_id, str) and row["credential_status"] != "active":
             raise InvalidToken("Token's credential has been revoked")
         if self.idp.hooks.implemented("token_status"):
             reason = await self.idp.hooks.token_status(self.idp, claims)
@@ -187,9 +192,10 @@ class TokenService:
     async def is_revoked(self, jti: str) -> bool:
         kv = self.idp.kv
         try:
-            if await kv.exists(f"revoked:{jti}"):
+            revoked, synced = await kv.get_many(f"revoked:{jti}", SYNC_MARKER)
+            if revoked is not None:
                 return True
-            if await kv.exists(SYNC_MARKER):
+            if synced is not None:
                 return False
         except StorageUnavailable:
             pass  # fail closed to the durable store

@@ -33,6 +33,10 @@ class KV(Protocol):
     description: str
 
     async def get(self, key: str) -> str | None: ...
+    async def get_many(self, *keys: str) -> list[str | None]:
+        """Several values in one round trip, in order (None for a missing key)."""
+        ...
+
     async def set(
         self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False
     ) -> bool:

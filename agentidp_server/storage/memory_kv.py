@@ -41,6 +41,9 @@ class MemoryKV:
         key = self._prefix + key
         return self._values[key] if self._live(key) else None
 
+    async def get_many(self, *keys: str) -> list[str | None]:
+        return [await self.get(key) for key in keys]
+
     async def set(
         self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False
     ) -> bool:

@@ -119,6 +119,11 @@ class RedisKV:
         value: str | None = await self._call("get", lambda: self._client.get(self._k(key)))
         return value
 
+    async def get_many(self, *keys: str) -> list[str | None]:
+        names = [self._k(key) for key in keys]
+        values: list[str | None] = await self._call("mget", lambda: self._client.mget(names))
+        return values
+
     async def set(
         self, key: str, value: str, *, ttl_ms: int | None = None, nx: bool = False
     ) -> bool:

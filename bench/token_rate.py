@@ -107,6 +107,7 @@ class Result:
     p99_ms: float
     cpu_s: float
     store_cpu_s: float
+    warmup_ok: int = 0
 
     @property
     def rate(self) -> float:
@@ -298,7 +299,11 @@ def wrk(
     script = SCRATCH / f"{name.split()[0]}-{name.split()[-1]}.lua"
     script.write_text(lua or LUA % {"file": creds, "path": path} + RESULT_LUA)
     base = ["wrk", f"-t{args.threads}", f"-c{args.connections}", "-s", str(script), url]
-    subprocess.run([*base[:3], "-d3s", *base[3:]], capture_output=True, check=True)  # warm-up
+    warm = subprocess.run(
+        [*base[:3], "-d3s", *base[3:]], capture_output=True, text=True, check=True
+    ).stdout
+    warm_match = re.search(r"RESULT (\d+) \d+ (\d+)", warm)
+    warm_ok = int(warm_match.group(1)) - int(warm_match.group(2)) if warm_match else 0
     pids, stores = tree(server_pid), store_pids()
     cpu0, store0 = cpu_seconds(pids), cpu_seconds(stores)
     out = subprocess.run(
@@ -314,7 +319,7 @@ def wrk(
     requests, micros, non_2xx, errors = (int(match.group(i)) for i in range(1, 5))
     result = Result(
         name, requests, micros / 1e6, non_2xx, errors,
-        float(match.group(5)) / 1000, float(match.group(6)) / 1000, cpu, store,
+        float(match.group(5)) / 1000, float(match.group(6)) / 1000, cpu, store, warm_ok,
     )  # fmt: skip
     say(result.line())
     return result
@@ -440,12 +445,17 @@ def run_agentidp(args: argparse.Namespace) -> list[Result]:
                 process.pid,
             )
             results.append(result)
+            issued = result.requests - result.non_2xx + result.warmup_ok
             if size == args.sizes[0] and not args.tokens_only:
                 extras(args, url, process.pid, creds)
+                issued += 1  # the token the introspection load presents
         finally:
             stop(process)
         audited = asyncio.run(count_audited(database_url)) - before
-        say(f"token.issued events during the measured run and warm-up: {audited}")
+        verdict = "every token audited" if audited == issued else "MISMATCH"
+        say(
+            f"tokens issued (warm-up included): {issued}; token.issued events: {audited}: {verdict}"
+        )
     return results
 
 

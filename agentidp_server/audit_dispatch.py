@@ -16,6 +16,7 @@ import logging
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
+from agentidp_server.ids import now_ms
 from agentidp_server.leases import Lease
 from agentidp_server.storage.errors import StorageUnavailable
 
@@ -69,17 +70,17 @@ class AuditDispatcher:
         )
 
     async def _advance(self, org_id: str, seq: int) -> bool:
-        """Move the cursor, only while we hold the lease (fencing a stalled holder)."""
-        async with self.idp.db.transaction() as conn:
-            if not await self.lease.held_in(conn):
-                return False
-            await conn.execute(
-                "INSERT INTO audit_deliveries (org_id, seq) VALUES ($1, $2) "
-                "ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq",
-                org_id,
-                seq,
-            )
-        return True
+        """Move the cursor, only while we hold the lease (fencing a stalled holder).
+
+        One statement, so no transaction stays open across awaits.
+        """
+        moved = await self.idp.db.execute(
+            "INSERT INTO audit_deliveries (org_id, seq) SELECT $1, $2 WHERE EXISTS "
+            "(SELECT 1 FROM leases WHERE name = $3 AND holder = $4 AND expires_at > $5) "
+            "ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq",
+            org_id, seq, LEASE, self.lease.holder, now_ms(),
+        )  # fmt: skip
+        return moved > 0
 
     async def deliver_pending(self) -> int:
         """Deliver every committed, undelivered event, if we hold the lease; return how many."""

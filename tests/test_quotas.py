@@ -586,7 +586,12 @@ async def test_cli_set_tier(agentidp_client: Any, agentidp_idp: Any, tmp_path: P
     await error_of(response, 429, "tier_limit_exceeded")
 
     database_url = str(agentidp_idp.settings.DATABASE_URL)
-    result = _cli(tmp_path, database_url, "orgs", "set-tier", org_id, "pro")
+
+    async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        # In a thread: the app's event loop keeps running (and finishing its writes).
+        return await asyncio.to_thread(_cli, tmp_path, database_url, *args)
+
+    result = await cli("orgs", "set-tier", org_id, "pro")
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"org_id": org_id, "tier": "pro"}
     response = await agentidp_client.get(AGENTS, headers=headers)
@@ -594,10 +599,10 @@ async def test_cli_set_tier(agentidp_client: Any, agentidp_idp: Any, tmp_path: P
     pro = {"org_id": org_id, "tier": "pro"}
     assert sample(agentidp_idp, "agentidp_tenant_api_calls_total", pro) == 1
 
-    result = _cli(tmp_path, database_url, "orgs", "set-tier", "no-such-org", "pro")
+    result = await cli("orgs", "set-tier", "no-such-org", "pro")
     assert result.returncode != 0
     assert "no organisation no-such-org" in result.stderr
-    result = _cli(tmp_path, database_url, "orgs", "set-tier", org_id, "gold")
+    result = await cli("orgs", "set-tier", org_id, "gold")
     assert result.returncode != 0
 
 

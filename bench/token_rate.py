@@ -452,10 +452,15 @@ def run_agentidp(args: argparse.Namespace) -> list[Result]:
         finally:
             stop(process)
         audited = asyncio.run(count_audited(database_url)) - before
-        verdict = "every token audited" if audited == issued else "MISMATCH"
-        say(
-            f"tokens issued (warm-up included): {issued}; token.issued events: {audited}: {verdict}"
+        # wrk stops with requests in flight: the server still answers (and audits) up to
+        # one per connection per run after wrk stopped counting.
+        in_flight = 2 * args.connections
+        verdict = (
+            "every token audited"
+            if issued <= audited <= issued + in_flight
+            else f"MISMATCH (more than {in_flight} apart)"
         )
+        say(f"tokens wrk saw answered {issued}; token.issued events {audited}: {verdict}")
     return results
 
 

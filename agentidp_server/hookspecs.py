@@ -208,7 +208,7 @@ def audit_event(idp: IdP, event: Mapping[str, Any]) -> Awaitable[None] | None:
     event (a worker, the CLI). Delivery is at least once: the cursor advances
     after each batch, so after a crash the events since it are delivered
     again; deduplicate by `(org_id, seq)`. An exception is logged with the
-    plugin's name and does not stop delivery to other plugins or advance past
-    the event for them: it is not retried; a plugin that must not miss one
-    keeps its own `seq` and reads `idp.audit.read(org_id, after_seq)`.
+    plugin's name; delivery to the other plugins goes on, and the event is not
+    retried for the plugin that failed: a plugin that must not miss one keeps
+    its own `seq` and reads on with `idp.audit.read(org_id, after_seq)`.
     """

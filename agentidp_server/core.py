@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from agentidp_server.grants import GrantType
     from agentidp_server.idp import IdP
 
-log = logging.getLogger("agentidp.core")
 EXPIRING_WINDOW_MS = 7 * 24 * 3600 * 1000
 
 
@@ -169,24 +167,6 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
         BackgroundTask("audit-integrity", audit_integrity),
         BackgroundTask("audit-checkpoints", audit_checkpoints),
     ]
-
-
-async def refresh_audit_integrity(idp: IdP) -> bool:
-    """Verify every chain; the gauge is 1 only while all are intact."""
-    from agentidp_server.audit import verify_all
-
-    reports = await verify_all(idp.db, keys=idp.keys)
-    intact = all(r.intact for r in reports)
-    for report in reports:
-        if not report.intact:
-            log.error(
-                "audit chain of %s broken at seq %s: %s",
-                report.org_id,
-                report.first_broken_seq,
-                report.reason,
-            )
-    idp.state["core"]["audit_integrity"].set(1 if intact else 0)
-    return intact
 
 
 @hookimpl

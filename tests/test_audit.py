@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 
 import pytest
 
 from agentidp_server.audit import GENESIS, event_hash, verify_chain
-from agentidp_server.core import refresh_audit_integrity
 from agentidp_server.testkit import admin_headers, make_agent, make_org, token
 
 
@@ -126,26 +126,6 @@ async def test_inserted_event_is_reported(agentidp_client, agentidp_idp):
     report = await verify_chain(db, org_id)
     assert not report.intact
     assert report.first_broken_seq == 5  # the original event 4 no longer follows its predecessor
-
-
-async def test_truncated_tail_is_reported_and_gauge_turns_zero(agentidp_client, agentidp_idp):
-    state = await _activity(agentidp_client, agentidp_idp)
-    org_id = state["org"]["org_id"]
-    gauge = "agentidp_audit_chain_integrity"
-    assert await refresh_audit_integrity(agentidp_idp) is True
-    assert agentidp_idp.registry.get_sample_value(gauge) == 1
-    last = await agentidp_idp.db.fetchval(
-        "SELECT MAX(seq) FROM audit_events WHERE org_id = $1", org_id
-    )
-    await agentidp_idp.db.execute(
-        "DELETE FROM audit_events WHERE org_id = $1 AND seq >= $2", org_id, last - 1
-    )
-    report = await verify_chain(agentidp_idp.db, org_id)
-    assert not report.intact
-    assert report.first_broken_seq == last - 1
-    assert "truncated" in report.reason
-    assert await refresh_audit_integrity(agentidp_idp) is False
-    assert agentidp_idp.registry.get_sample_value(gauge) == 0
 
 
 async def test_audit_api_lists_filters_and_verifies(agentidp_client, agentidp_idp):
@@ -351,6 +331,35 @@ async def standalone(agentidp_settings):
 async def _chain_of(idp, org_id: str, events: int) -> None:
     for i in range(events):
         await idp.audit.record(idp.db, org_id=org_id, action="agent.updated", target_id=str(i))
+
+
+async def test_truncated_tail_is_reported_and_gauge_turns_zero(standalone, caplog):
+    from agentidp_server.audit_integrity import IntegrityWatch
+
+    idp = standalone
+    org_id = "org-c"
+    gauge = "agentidp_audit_chain_integrity"
+    await _chain_of(idp, org_id, 6)
+    watch = IntegrityWatch(idp)
+    assert await watch.round() is True
+    assert idp.registry.get_sample_value(gauge) == 1
+    await idp.db.execute("DELETE FROM audit_events WHERE org_id = $1 AND seq >= 5", org_id)
+    report = await verify_chain(idp.db, org_id)
+    assert not report.intact
+    assert report.first_broken_seq == 5
+    assert "truncated" in report.reason
+    logger = logging.getLogger("agentidp.audit")
+    logger.addHandler(caplog.handler)  # configure_logging stops propagation to root
+    try:
+        assert await watch.round() is False
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert idp.registry.get_sample_value(gauge) == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        f"audit chain of {org_id} broken at seq 5: "
+        "events after this position were deleted (truncated)"
+    ) in errors
 
 
 async def test_background_check_sweeps_in_bounded_slices_and_holds_a_break(standalone):

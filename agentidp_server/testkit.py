@@ -1,8 +1,14 @@
-"""Test helpers for the kernel and plugins: an organisation, its admin, agents, tokens."""
+"""Test helpers for the kernel and plugins: an organisation, its admin, agents, tokens;
+which modules building the app imports."""
 
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 from agentidp_server import agents, credentials, tenants
@@ -59,3 +65,36 @@ async def make_agent(
     credential = await response.get_json()
     assert response.status_code == 201, credential
     return agent, credential
+
+
+# Builds the app and reports whether `module` was imported; argv[1] is [module, environ].
+_IMPORT_PROBE = """
+import json, sys
+from agentidp_server.app import create_app
+from agentidp_server.settings import load_settings
+module, environ = json.loads(sys.argv[1])
+create_app(load_settings(environ=environ))
+print(json.dumps(module in sys.modules))
+"""
+
+
+def module_imported_by_app(module: str, environ: Mapping[str, str], timeout: float = 60) -> bool:
+    """Whether building the app with these settings imports `module` (e.g. a disabled
+    plugin's package), checked in a fresh interpreter: an import by an earlier test in
+    this process cannot hide a leak. `environ` holds the settings as environment
+    variables (`{"DID_ENABLED": "false"}`), and only those: the caller's own are not
+    read. The data directory is a temporary one unless `environ` sets AGENTIDP_DATA_DIR.
+    """
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = {"AGENTIDP_DATA_DIR": data_dir, **environ}
+        result = subprocess.run(  # noqa: S603 - this interpreter, fixed code, JSON argument
+            [sys.executable, "-c", _IMPORT_PROBE, json.dumps([module, settings])],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    answer = result.stdout.strip().splitlines()[-1:]
+    if result.returncode != 0 or answer not in (["true"], ["false"]):
+        raise RuntimeError(f"building the app failed:\n{result.stdout}{result.stderr}")
+    return answer == ["true"]

@@ -23,6 +23,7 @@ from agentidp_server import Setting, hookimpl, hookspecs
 from agentidp_server.app import build_idp, create_app
 from agentidp_server.plugins import PluginError, load_plugins
 from agentidp_server.settings import SettingsError, load_settings
+from agentidp_server.testkit import module_imported_by_app
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO_GRANT = "urn:agentidp:params:grant-type:hello"
@@ -65,18 +66,6 @@ def publish(monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.setattr(plugins_module, "entry_points", entry_points)
 
     return install
-
-
-def run_python(code: str, env: dict[str, str], timeout: float = 60) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=True,
-    )
-    return result.stdout.strip()
 
 
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -156,18 +145,9 @@ def test_disabled_migration_set_is_absent(tmp_path):
     assert [s.name for s in enabled.migration_sets()] == ["core", "hello"]
 
 
-@pytest.mark.parametrize(("enabled", "imported"), [("false", "False"), ("true", "True")])
-def test_disabled_plugin_is_never_imported(tmp_path, enabled, imported):
-    # A fresh interpreter: an import by an earlier test in this process cannot hide a leak.
-    code = (
-        "import sys\n"
-        "from agentidp_server.app import create_app\n"
-        "from agentidp_server.settings import load_settings\n"
-        f"create_app(load_settings(environ={{'HELLO_ENABLED': '{enabled}', "
-        f"'AGENTIDP_DATA_DIR': {str(tmp_path)!r}}}))\n"
-        "print('agentidp_hello' in sys.modules)\n"
-    )
-    assert run_python(code, child_env(tmp_path)) == imported
+@pytest.mark.parametrize(("enabled", "imported"), [("false", False), ("true", True)])
+def test_disabled_plugin_is_never_imported(enabled, imported):
+    assert module_imported_by_app("agentidp_hello", {"HELLO_ENABLED": enabled}) is imported
 
 
 @pytest.mark.parametrize(

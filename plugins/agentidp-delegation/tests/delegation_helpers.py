@@ -7,11 +7,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from agentidp_server.testkit import admin_headers, basic, make_agent, make_org, token
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 ENABLED = {"DELEGATION_ENABLED": True}
+
+
+@pytest.fixture
+def agentidp_overrides() -> dict[str, Any]:
+    """The plugin on (it is off until enabled), for a test module that imports this fixture."""
+    return dict(ENABLED)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 from agentidp_server.testkit import basic
@@ -12,6 +11,7 @@ from delegation_helpers import (
     ACCESS_TOKEN_TYPE,
     ENABLED,
     TOKEN_EXCHANGE,
+    agentidp_overrides,  # noqa: F401 - the fixture: the plugin on
     exchange,
     exchange_raw,
     grant,
@@ -21,11 +21,6 @@ from delegation_helpers import (
     payload,
     refused,
 )
-
-
-@pytest.fixture
-def agentidp_overrides() -> dict[str, Any]:
-    return dict(ENABLED)
 
 
 async def test_a_to_b_issues_sub_a_act_b(agentidp_client, agentidp_idp):

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from delegation_helpers import (
-    ENABLED,
     Org,
+    agentidp_overrides,  # noqa: F401 - the fixture: the plugin on
     bearer,
     exchange,
     grant,
@@ -18,11 +18,6 @@ from delegation_helpers import (
     payload,
     refused,
 )
-
-
-@pytest.fixture
-def agentidp_overrides() -> dict[str, Any]:
-    return dict(ENABLED)
 
 
 async def _chain(client: Any, idp: Any) -> tuple[Org, list[dict[str, Any]], list[str]]:

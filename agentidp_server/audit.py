@@ -11,7 +11,6 @@ impossible, not merely unlikely. Events carry no secrets and no tokens (a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ import rfc8785
 from quart import g, has_request_context, request
 
 from agentidp_server.audit_dispatch import AuditDispatcher
+from agentidp_server.batching import Batcher
 from agentidp_server.ids import iso, new_id, now_ms
 from agentidp_server.storage.db import Connection, Database
 
@@ -75,8 +75,9 @@ class AuditLog:
     def __init__(self, idp: IdP) -> None:
         self.idp = idp
         self.dispatcher = AuditDispatcher(idp)
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._group: Batcher[tuple[Database, dict[str, Any]], dict[str, Any]] = Batcher(
+            self._write, GROUP_MAX
+        )
 
     @staticmethod
     def _draft(
@@ -169,38 +170,20 @@ class AuditLog:
         commit): each caller still waits for the commit of its own event, but
         a busy token endpoint pays one commit per batch, not per token.
         """
-        event = self._draft(**fields)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._waiting.append((event, done))
-        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
-            self._writer = loop.create_task(self._write(db))
-        return await done
+        return await self._group.submit((db, self._draft(**fields)))
 
-    async def _write(self, db: Database) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
-            by_org: dict[str, list[dict[str, Any]]] = {}
-            for event, _ in batch:
-                by_org.setdefault(event["org_id"], []).append(event)
-            try:
-                async with db.transaction() as conn:
-                    # Heads locked in one order, so two processes' batches cannot deadlock.
-                    for org in sorted(by_org):
-                        await self._chain(conn, org, by_org[org])
-            except asyncio.CancelledError:
-                for _, done in batch:
-                    done.cancel()
-                raise
-            except Exception as error:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
-                continue
-            for event, done in batch:
-                if not done.done():
-                    done.set_result(event)
-            self.published(*(event for event, _ in batch))
+    async def _write(self, batch: list[tuple[Database, dict[str, Any]]]) -> list[dict[str, Any]]:
+        by_org: dict[str, list[dict[str, Any]]] = {}
+        for _, event in batch:
+            by_org.setdefault(event["org_id"], []).append(event)
+        # Every caller passes the app's database; a batch is written through the first's.
+        async with batch[0][0].transaction() as conn:
+            # Heads locked in one order, so two processes' batches cannot deadlock.
+            for org in sorted(by_org):
+                await self._chain(conn, org, by_org[org])
+        events = [event for _, event in batch]
+        self.published(*events)
+        return events
 
     async def read(self, org_id: str, after_seq: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Committed events of one chain after `after_seq`, in order.

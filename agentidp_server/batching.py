@@ -1,0 +1,65 @@
+"""Group concurrent calls into one store round trip (group commit, pipelining).
+
+Under load most of a request's cost on the hot path is the system calls of
+its store round trips, not the work the store does. A `Batcher` sends the
+calls that arrive while one batch is in flight together in the next batch:
+an idle server answers at once (a batch of one), a busy one pays one round
+trip per batch instead of one per request. Every caller still waits for the
+outcome of its own call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """At most one batch in flight per event loop; the rest queue for the next.
+
+    `run(items)` performs one batch and returns one outcome per item, in
+    order: a result, or an exception raised to that item's caller alone. An
+    exception raised by `run` itself fails every caller of the batch.
+    """
+
+    def __init__(
+        self, run: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], max_size: int
+    ) -> None:
+        self._run = run
+        self._max_size = max_size
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[R] = loop.create_future()
+        self._waiting.append((item, done))
+        # A sender bound to another (closed) loop cannot serve this one: tests and
+        # the CLI run several loops in one process.
+        if self._sender is None or self._sender.done() or self._sender.get_loop() is not loop:
+            self._sender = loop.create_task(self._send())
+        return await done
+
+    async def _send(self) -> None:
+        while self._waiting:
+            size = self._max_size
+            batch, self._waiting = self._waiting[:size], self._waiting[size:]
+            try:
+                outcomes = await self._run([item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, done in batch:
+                    done.cancel()
+                raise
+            except Exception as error:
+                outcomes = [error] * len(batch)
+            for (_, done), outcome in zip(batch, outcomes, strict=True):
+                if done.done():
+                    continue  # its caller was cancelled; the work is done all the same
+                if isinstance(outcome, BaseException):
+                    done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)

@@ -334,3 +334,31 @@ async def test_get_many_reads_in_order_with_none_for_missing(kv: KV) -> None:
     await kv.set("gone", "x", ttl_ms=1)
     await asyncio.sleep(0.01)
     assert await kv.get_many("a", "missing", "gone") == ["1", None, None]
+
+
+async def test_concurrent_incr_many_steps_each_count_once(kv: KV) -> None:
+    # Redis sends concurrent steps together in one pipeline: every step must
+    # still be its own atomic increment, and a bad key fails only its own step.
+    await kv.set("word", "abc")
+
+    async def step(index: int) -> tuple[int, list[int]]:
+        key = "word" if index == 7 else "shared"
+        return await kv.incr_many([Counter(key, ttl_ms=60_000), Counter(f"own-{index}")])
+
+    outcomes = await asyncio.gather(*(step(i) for i in range(50)), return_exceptions=True)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1
+    assert isinstance(failed[0], ValueError)
+    counted = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert sorted(values[0] for _, values in counted) == list(range(1, 50))
+    assert all(values[1] == 1 for _, values in counted)
+    assert await kv.get("shared") == "49"
+
+
+@REDIS_ONLY
+async def test_incr_many_survives_a_script_flush(kv: KV, raw_redis: Any) -> None:
+    assert await kv.incr_many([Counter("after-flush")]) == (0, [1])
+    await raw_redis.script_flush()
+    # The pipelined EVALSHA meets NOSCRIPT; the step is run again with the script loaded.
+    outcomes = await asyncio.gather(*(kv.incr_many([Counter("after-flush")]) for _ in range(5)))
+    assert sorted(values[0] for _, values in outcomes) == [2, 3, 4, 5, 6]

@@ -9,14 +9,16 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agentidp_server.batching import Batcher
 from agentidp_server.storage.errors import StorageUnavailable
 from agentidp_server.storage.kv import CommandObserver, Counter, Guard
 
 T = TypeVar("T")
 
+PIPELINE_MAX = 512
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 # INCR and its expiry in one step, so a crash between them cannot leave a
@@ -83,6 +85,11 @@ class RedisKV:
         self._observer = observer
         self._incr = client.register_script(_INCR_EXPIRE)
         self._incr_many = client.register_script(_INCR_MANY)
+        # Concurrent counter steps share one pipeline: one write and one read per
+        # batch, while each step stays its own atomic script run.
+        self._counting: Batcher[tuple[list[str], list[Any]], Any] = Batcher(
+            self._incr_batch, PIPELINE_MAX
+        )
         self.description = description
 
     @classmethod
@@ -163,12 +170,36 @@ class RedisKV:
             keys.append(self._k(counter.key))
             args += [*_expiry_args(counter.ttl_ms, counter.expire_at_ms), counter.limit]
         try:
-            result = await self._call("incr_many", lambda: self._incr_many(keys=keys, args=args))
+            result = await self._counting.submit((keys, args))
         except ResponseError as error:
             if "not an integer" in str(error):
                 raise ValueError("value is not an integer or out of range") from error
             raise
         return int(result[0]), [int(v) for v in result[1:]]
+
+    async def _incr_batch(self, steps: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run the steps as EVALSHA in one pipeline; each outcome is its own."""
+        sha = self._incr_many.sha  # the script's SHA-1, computed locally
+
+        async def pipeline() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in steps:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            outcomes: list[Any] = await pipe.execute(raise_on_error=False)
+            return outcomes
+
+        outcomes = await self._call("incr_many", pipeline)
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, NoScriptError):
+                # Redis restarted or its scripts were flushed: the script call reloads it.
+                try:
+                    outcomes[index] = await self._rerun(*steps[index])
+                except ResponseError as error:
+                    outcomes[index] = error
+        return outcomes
+
+    async def _rerun(self, keys: list[str], args: list[Any]) -> Any:
+        return await self._call("incr_many", lambda: self._incr_many(keys=keys, args=args))
 
     async def pttl(self, key: str) -> int | None:
         value: int = await self._call("pttl", lambda: self._client.pttl(self._k(key)))

@@ -23,6 +23,7 @@ from agentidp_server import agents, credentials
 from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP
 from agentidp_server.ids import hash_secret
+from agentidp_server.oauth.client_lookup import ClientLookup
 from agentidp_server.oauth.errors import OAuthError, invalid_client
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -160,7 +161,7 @@ async def _by_secret(
 ) -> Client:
     pepper = idp.settings.CREDENTIAL_PEPPER
     agent, candidates, tier = (
-        await agents.get_client_for_secret(idp.db, client_id) if client_id else (None, [], None)
+        await ClientLookup.of(idp).for_secret(client_id) if client_id else (None, [], None)
     )
     if agent is not None and tier is not None:
         idp.quotas.remember_tier(agent["org_id"], tier)  # read with the client, not again

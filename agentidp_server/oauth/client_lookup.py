@@ -1,0 +1,53 @@
+"""Client lookups for secret authentication, batched across concurrent requests.
+
+Each token request needs its client's agent, secrets and tier. Requests that
+arrive while one lookup is in flight are answered by the next single query,
+so a busy worker pays one database round trip per batch, and every answer is
+still read from the database after the request arrived (no cache to go stale).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentidp_server import agents
+from agentidp_server.agents import ClientRecord
+from agentidp_server.batching import Batcher
+
+if TYPE_CHECKING:
+    from agentidp_server.idp import IdP
+
+BATCH_MAX = 256
+_UNKNOWN: ClientRecord = (None, [], None)
+
+
+class ClientLookup:
+    def __init__(self, idp: IdP) -> None:
+        self._idp = idp
+        self._batches: Batcher[str, ClientRecord] = Batcher(self._fetch, BATCH_MAX)
+
+    @classmethod
+    def of(cls, idp: IdP) -> ClientLookup:
+        """The app's one lookup (created on first use)."""
+        core = idp.state.setdefault("core", {})
+        lookup: ClientLookup | None = core.get("client_lookup")
+        if lookup is None:
+            lookup = core["client_lookup"] = cls(idp)
+        return lookup
+
+    async def for_secret(self, client_id: str) -> ClientRecord:
+        """The agent (None if unknown), its usable client secrets and its tier."""
+        return await self._batches.submit(client_id)
+
+    async def _fetch(self, client_ids: list[str]) -> list[ClientRecord]:
+        found = await agents.get_clients_for_secret(self._idp.db, sorted(set(client_ids)))
+        answers: list[ClientRecord] = []
+        seen: set[str] = set()
+        for client_id in client_ids:
+            agent, secrets, tier = found.get(client_id, _UNKNOWN)
+            if client_id in seen and agent is not None:
+                # Two requests of one client in a batch: neither may see the other's copy.
+                agent, secrets = {**agent, "scopes": list(agent["scopes"])}, list(secrets)
+            seen.add(client_id)
+            answers.append((agent, secrets, tier))
+        return answers

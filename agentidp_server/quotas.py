@@ -124,13 +124,6 @@ class Quotas:
         # Operators with very many agents drop per-id labels (series cardinality).
         return value if self._limits.per_id_labels else ""
 
-    async def _incr(
-        self, key: str, *, ttl_ms: int | None = None, expire_at_ms: int | None = None
-    ) -> int | None:
-        """The new count, or None when the kv is down (fail open, logged once per outage)."""
-        counted = await self._count([Counter(key, ttl_ms=ttl_ms, expire_at_ms=expire_at_ms)])
-        return None if counted is None else counted[1][0]
-
     async def _count(
         self, counters: list[Counter], guard: Guard | None = None
     ) -> tuple[int, list[int]] | None:

@@ -14,6 +14,7 @@ from agentidp_server.idp import IdP
 from agentidp_server.logs import configure_logging
 from agentidp_server.metrics import observe_request
 from agentidp_server.migrations import migrate
+from agentidp_server.oauth.token_asgi import TokenEndpoint
 from agentidp_server.plugins import PluginError, load_plugins
 from agentidp_server.settings import SettingsError, apply_defaults, load_settings, validate
 
@@ -53,6 +54,9 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
     async def count(response: Response) -> Response:
         observe_request(idp, response.status_code)
         return response
+
+    # The hot path skips Quart's per-request machinery (oauth/token_asgi.py).
+    app.asgi_app = TokenEndpoint(app, idp, app.asgi_app)  # type: ignore[method-assign,assignment]
 
     stack = AsyncExitStack()
     supervisor = TaskSupervisor([])

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import rfc8785
-from quart import g, has_request_context, request
 
+from agentidp_server import request_scope
 from agentidp_server.audit_dispatch import AuditDispatcher
 from agentidp_server.batching import Batcher
 from agentidp_server.ids import iso, new_id, now_ms
@@ -93,6 +93,7 @@ class AuditLog:
     ) -> dict[str, Any]:
         """An event without its chain position, the request context captured now."""
         actor = actor or Actor()
+        current = request_scope.current()
         return {
             "org_id": org_id or SYSTEM_ORG,
             "event_id": new_id(),
@@ -104,8 +105,8 @@ class AuditLog:
             "target_id": target_id,
             "outcome": outcome,
             "reason": reason,
-            "request_id": g.get("request_id") if has_request_context() else None,
-            "source_ip": request.remote_addr if has_request_context() else None,
+            "request_id": current.request_id if current is not None else None,
+            "source_ip": current.remote_addr if current is not None else None,
             "details": _clean(details or {}),
         }
 

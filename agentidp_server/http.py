@@ -13,20 +13,55 @@ from quart import Quart, Response, g, jsonify, request
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
-from agentidp_server.logs import request_id_var
+from agentidp_server import request_scope
 from agentidp_server.quotas import RateLimited
 from agentidp_server.storage.errors import StorageUnavailable
 
 access_log = logging.getLogger("agentidp.access")
 log = logging.getLogger("agentidp")
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 RETRY_AFTER_SECONDS = 5
+
+
+# Status, headers and JSON body of an answer, whichever pipeline sends it.
+Answer = tuple[int, dict[str, str], dict[str, Any]]
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
     """The management API's error shape (DESIGN.md "HTTP conventions")."""
-    return {"code": code, "message": message, "request_id": g.get("request_id")}
+    current = request_scope.current()
+    request_id = current.request_id if current is not None else None
+    return {"code": code, "message": message, "request_id": request_id}
+
+
+def rate_limited_answer(error: RateLimited) -> Answer:
+    # The runbook's 429 body, on OAuth and management endpoints alike.
+    return 429, dict(error.headers), error_body(error.code, error.message)
+
+
+def unavailable_answer(error: StorageUnavailable) -> Answer:
+    log_outage(error)
+    message = f"the {error.component} is not answering; retry later"
+    return (
+        503,
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        error_body("SERVICE_UNAVAILABLE", message),
+    )
+
+
+def unexpected_answer() -> Answer:
+    """Call from an exception handler: the traceback is logged, the caller learns nothing."""
+    log.exception("unhandled error")
+    return 500, {}, error_body("INTERNAL_ERROR", "internal server error")
+
+
+def _respond(answer: Answer) -> Response:
+    status, headers, body = answer
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response
 
 
 class ApiError(Exception):
@@ -51,15 +86,17 @@ def install(app: Quart, settings: Any) -> None:
 
     @app.before_request
     async def assign_request_id() -> None:
-        incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else str(uuid.uuid4())
-        g.started = time.perf_counter()
-        request_id_var.set(g.request_id)
+        current = request_scope.begin(
+            request.method, request.path, request.remote_addr, request.headers
+        )
+        g.request_id, g.started = current.request_id, current.started
 
     @app.after_request
     async def finish(response: Response) -> Response:
+        current = request_scope.current()
         response.headers["X-Request-Id"] = g.get("request_id") or str(uuid.uuid4())
-        for name, value in (g.get("rate_headers") or {}).items():
+        rate_headers = {**(current.rate_headers if current else {}), **g.get("rate_headers", {})}
+        for name, value in rate_headers.items():
             response.headers.setdefault(name, value)
         if access_log:
             _access_line(response, structured)
@@ -85,12 +122,7 @@ def install(app: Quart, settings: Any) -> None:
 
     @app.errorhandler(RateLimited)
     async def rate_limited(error: RateLimited) -> Response:
-        # The runbook's 429 body, on OAuth and management endpoints alike.
-        response = jsonify(error_body(error.code, error.message))
-        response.status_code = 429
-        for name, value in error.headers.items():
-            response.headers[name] = value
-        return response
+        return _respond(rate_limited_answer(error))
 
     @app.errorhandler(UnicodeDecodeError)
     async def bad_encoding(_: UnicodeDecodeError) -> tuple[Response, int]:
@@ -99,20 +131,11 @@ def install(app: Quart, settings: Any) -> None:
 
     @app.errorhandler(StorageUnavailable)
     async def unavailable(error: StorageUnavailable) -> Response:
-        log_outage(error)
-        response = jsonify(
-            error_body(
-                "SERVICE_UNAVAILABLE", f"the {error.component} is not answering; retry later"
-            )
-        )
-        response.status_code = 503
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
+        return _respond(unavailable_answer(error))
 
     @app.errorhandler(Exception)
-    async def unexpected(error: Exception) -> tuple[Response, int]:
-        log.exception("unhandled error")
-        return jsonify(error_body("INTERNAL_ERROR", "internal server error")), 500
+    async def unexpected(error: Exception) -> Response:
+        return _respond(unexpected_answer())
 
     origins = [o.strip() for o in str(settings.CORS_ORIGIN).split(",") if o.strip()]
     if origins:
@@ -147,26 +170,48 @@ def log_outage(error: StorageUnavailable) -> None:
 
 
 def _access_line(response: Response, structured: bool) -> None:
+    access_line(
+        remote=request.remote_addr or "-",
+        method=request.method,
+        path=request.path,
+        http_version=request.http_version,
+        status=response.status_code,
+        size=response.content_length,
+        referrer=request.headers.get("Referer", "-"),
+        user_agent=request.headers.get("User-Agent", "-"),
+        duration=time.perf_counter() - g.get("started", 0),
+        structured=structured,
+    )
+
+
+def access_line(
+    *,
+    remote: str,
+    method: str,
+    path: str,
+    http_version: str,
+    status: int,
+    size: int | None,
+    referrer: str,
+    user_agent: str,
+    duration: float,
+    structured: bool,
+) -> None:
     """Combined log format, as the runbook's development logs show."""
-    remote = request.remote_addr or "-"
     stamp = datetime.now(UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
-    target = request.path
-    size = response.content_length if response.content_length is not None else "-"
-    referrer = request.headers.get("Referer", "-")
-    agent = request.headers.get("User-Agent", "-")
     line = (
-        f'{remote} - - [{stamp}] "{request.method} {target} HTTP/{request.http_version}" '
-        f'{response.status_code} {size} "{referrer}" "{agent}"'
+        f'{remote} - - [{stamp}] "{method} {path} HTTP/{http_version}" '
+        f'{status} {size if size is not None else "-"} "{referrer}" "{user_agent}"'
     )
     if structured:
         access_log.info(
             line,
             extra={
                 "access": {
-                    "method": request.method,
-                    "path": target,
-                    "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 3),
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 3),
                     "remote": remote,
                 }
             },

@@ -225,10 +225,15 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
 
 
 def observe_request(idp: Any, status: int) -> None:
+    observe(idp, request.method, route_label(), status, g.get("started", time.perf_counter()))
+
+
+def observe(idp: Any, method: str, route: str, status: int, started: float) -> None:
+    """Count one answered request and its duration (`started`: perf_counter at arrival)."""
     requests, duration = idp.state["core"]["http_metrics"]
-    labels = (request.method, route_label(), str(status))
+    labels = (method, route, str(status))
     requests.labels(*labels).inc()
-    duration.labels(*labels).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+    duration.labels(*labels).observe(time.perf_counter() - started)
     refresh_pool(idp)
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server import tenants
+from agentidp_server import request_scope, tenants
 from agentidp_server.storage.errors import StorageUnavailable
 from agentidp_server.storage.kv import Counter, Guard
 from agentidp_server.tenants import TIERS
@@ -249,16 +249,14 @@ class Quotas:
 
     async def tier(self, org_id: str) -> str:
         """The organisation's tier, read once per request (a change applies to the next one)."""
-        from quart import g, has_request_context
-
-        memo: dict[str, str] = g.setdefault("tiers", {}) if has_request_context() else {}
+        current = request_scope.current()
+        memo: dict[str, str] = current.tiers if current is not None else {}
         if org_id not in memo:
             memo[org_id] = await tenants.get_tier(self.idp.db, org_id) or "free"
         return memo[org_id]
 
     def remember_tier(self, org_id: str, tier: str) -> None:
         """A tier read together with something else in this request (one round trip)."""
-        from quart import g, has_request_context
-
-        if has_request_context():
-            g.setdefault("tiers", {})[org_id] = tier
+        current = request_scope.current()
+        if current is not None:
+            current.tiers[org_id] = tier

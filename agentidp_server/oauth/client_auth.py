@@ -17,9 +17,8 @@ from urllib.parse import unquote_plus
 
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
-from quart import g, request
 
-from agentidp_server import agents, credentials
+from agentidp_server import agents, credentials, request_scope
 from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP
 from agentidp_server.ids import hash_secret
@@ -56,7 +55,7 @@ class Client:
 
 
 def _basic() -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
+    header = request_scope.require().header("authorization")
     if header[:6].lower() != "basic ":
         return None
     try:
@@ -95,8 +94,9 @@ async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) 
     The failure limit is checked with the outcome (one kv step either way): over
     it, the answer is 429 whether the secret was right or wrong.
     """
+    current = request_scope.require()
     presented = presented_client_id(params)
-    address = request.remote_addr or "-"
+    address = current.remote_addr or "-"
     try:
         client = await authenticate(idp, params, endpoint)
     except OAuthError as error:
@@ -112,13 +112,13 @@ async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) 
                 target_type="client",
                 target_id=known["client_id"] if known else None,
                 reason=error.description,
-                details={"endpoint": request.path},
+                details={"endpoint": current.path},
             )
         raise
     # Keyed by the canonical client_id from the store, so spelling variants share a bucket.
     window = await idp.quotas.admit(client.client_id, client.org_id, presented=(presented, address))
     if window is not None:
-        g.rate_headers = window.headers()
+        current.rate_headers.update(window.headers())
     return client
 
 

@@ -63,8 +63,11 @@ async def _token_request(path: str) -> tuple[IdP, dict[str, str], Client, str]:
 @document_request(TokenForm, source=DataSource.FORM)
 async def token() -> Response:
     """Issue an access token (RFC 6749 §4.4; form-encoded, or a JSON object)."""
-    idp = current_idp()
-    params = await read_params()
+    return _json(await issue(current_idp(), await read_params()))
+
+
+async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
+    """The token endpoint's work, for the Quart view and the ASGI fast path alike."""
     client = await authenticate_limited(idp, params, idp.issuer + TOKEN_PATH)
     grant_type = params.get("grant_type")
     if not grant_type:
@@ -73,7 +76,7 @@ async def token() -> Response:
     grant = grants.get(grant_type)
     if grant is None:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type} is not supported")
-    body = await grant.issue(TokenRequest(idp, client, params))
+    body: dict[str, Any] = await grant.issue(TokenRequest(idp, client, params))
     if "access_token" in body and idp.hooks.implemented("token_response"):
         context = {
             "agent": client.agent,
@@ -88,7 +91,7 @@ async def token() -> Response:
     counter = idp.state["core"].get("tokens_issued")
     if counter is not None:
         counter.labels(body.get("scope", "")).inc()
-    return _json(body)
+    return body
 
 
 @blueprint.post(INTROSPECT_PATH)

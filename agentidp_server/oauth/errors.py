@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from quart import Response
 
@@ -23,12 +24,16 @@ class OAuthError(Exception):
         self.status = status
         self.headers = headers or {}
 
+    def answer(self) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """Status, headers and body, whichever pipeline sends them."""
+        # RFC 6749 §5.2 errors are token responses too: never cached (§5.1).
+        headers = {"Cache-Control": "no-store", "Pragma": "no-cache", **self.headers}
+        return self.status, headers, {"error": self.error, "error_description": self.description}
+
     def response(self) -> Response:
-        body = json.dumps({"error": self.error, "error_description": self.description})
-        response = Response(body, status=self.status, content_type="application/json")
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Pragma"] = "no-cache"
-        for name, value in self.headers.items():
+        status, headers, body = self.answer()
+        response = Response(json.dumps(body), status=status, content_type="application/json")
+        for name, value in headers.items():
             response.headers[name] = value
         return response
 

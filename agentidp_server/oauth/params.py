@@ -13,13 +13,17 @@ MAX_BODY = 64 * 1024
 
 
 async def read_params() -> dict[str, str]:
-    """RFC 6749 §3.2: form-encoded parameters, none repeated; a JSON body is accepted too."""
+    """The parameters of the Quart request being served (see `parse_params`)."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise OAuthError("invalid_request", "request body is too large")
     raw: bytes = await request.get_data(as_text=False)  # type: ignore[assignment]
+    return parse_params(raw, request.mimetype)
+
+
+def parse_params(raw: bytes, mimetype: str) -> dict[str, str]:
+    """RFC 6749 §3.2: form-encoded parameters, none repeated; a JSON body is accepted too."""
     if len(raw) > MAX_BODY:
         raise OAuthError("invalid_request", "request body is too large")
-    mimetype = request.mimetype
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -86,15 +86,12 @@ def install(app: Quart, settings: Any) -> None:
 
     @app.before_request
     async def assign_request_id() -> None:
-        current = request_scope.begin(
-            request.method, request.path, request.remote_addr, request.headers
-        )
-        g.request_id, g.started = current.request_id, current.started
+        request_scope.begin(request.method, request.path, request.remote_addr, request.headers)
 
     @app.after_request
     async def finish(response: Response) -> Response:
         current = request_scope.current()
-        response.headers["X-Request-Id"] = g.get("request_id") or str(uuid.uuid4())
+        response.headers["X-Request-Id"] = current.request_id if current else str(uuid.uuid4())
         rate_headers = {**(current.rate_headers if current else {}), **g.get("rate_headers", {})}
         for name, value in rate_headers.items():
             response.headers.setdefault(name, value)
@@ -179,7 +176,7 @@ def _access_line(response: Response, structured: bool) -> None:
         size=response.content_length,
         referrer=request.headers.get("Referer", "-"),
         user_agent=request.headers.get("User-Agent", "-"),
-        duration=time.perf_counter() - g.get("started", 0),
+        duration=time.perf_counter() - request_scope.started(),
         structured=structured,
     )
 

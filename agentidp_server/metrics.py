@@ -29,8 +29,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.openmetrics import exposition as openmetrics
-from quart import Blueprint, Response, abort, g, request
+from quart import Blueprint, Response, abort, request
 
+from agentidp_server import request_scope
 from agentidp_server.background import BackgroundTask
 from agentidp_server.hookspecs import hookimpl
 from agentidp_server.settings import Setting
@@ -225,7 +226,7 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
 
 
 def observe_request(idp: Any, status: int) -> None:
-    observe(idp, request.method, route_label(), status, g.get("started", time.perf_counter()))
+    observe(idp, request.method, route_label(), status, request_scope.started())
 
 
 def observe(idp: Any, method: str, route: str, status: int, started: float) -> None:

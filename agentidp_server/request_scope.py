@@ -66,6 +66,12 @@ def current() -> RequestScope | None:
     return _current.get()
 
 
+def started() -> float:
+    """When the request arrived (now, for one that failed before it was begun)."""
+    scope = _current.get()
+    return scope.started if scope is not None else time.perf_counter()
+
+
 def require() -> RequestScope:
     """The request being served; calling this outside a request is a programming error."""
     scope = _current.get()

@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from quart import Quart, Response, g, jsonify, request
+from quart import Quart, Response, jsonify, request
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
@@ -92,8 +92,7 @@ def install(app: Quart, settings: Any) -> None:
     async def finish(response: Response) -> Response:
         current = request_scope.current()
         response.headers["X-Request-Id"] = current.request_id if current else str(uuid.uuid4())
-        rate_headers = {**(current.rate_headers if current else {}), **g.get("rate_headers", {})}
-        for name, value in rate_headers.items():
+        for name, value in (current.rate_headers if current else {}).items():
             response.headers.setdefault(name, value)
         if access_log:
             _access_line(response, structured)

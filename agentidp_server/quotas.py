@@ -189,7 +189,8 @@ class Quotas:
         (RATE_LIMIT_EXCEEDED over it), then the organisation's daily calls
         (tier_limit_exceeded). With `presented` (client id as presented, source
         address), a client over the failed-authentication limit is refused first
-        and nothing is counted. Returns the rate window for the X-RateLimit headers."""
+        and nothing is counted. The answer to the request being served carries the
+        rate window's X-RateLimit headers; the window is also returned."""
         now = int(time.time() * 1000)
         rate, end = self._rate_counter(client_id, now)
         calls, tier = await self._tier_counter(org_id, "calls", now)
@@ -210,7 +211,11 @@ class Quotas:
             counter.labels(self._label(org_id), tier).inc()
         if calls.limit > 0 and values[1] > calls.limit:
             raise self._over_tier(org_id, "calls", tier, calls)
-        return Window(rate.limit, max(rate.limit - values[0], 0), -(-end // 1000))
+        window = Window(rate.limit, max(rate.limit - values[0], 0), -(-end // 1000))
+        current = request_scope.current()
+        if current is not None:
+            current.rate_headers.update(window.headers())  # the answer carries its window
+        return window
 
     async def count_token(self, client_id: str, org_id: str) -> None:
         """Count one token in one kv step: the organisation's daily tokens

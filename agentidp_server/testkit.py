@@ -1,5 +1,5 @@
-"""Test helpers for the kernel and plugins: an organisation, its admin, agents, tokens;
-which modules building the app imports."""
+"""Test helpers for the kernel and plugins: settings on the embedded stores, an
+organisation, its admin, agents, tokens; which modules building the app imports."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from agentidp_server import agents, credentials, tenants
+from agentidp_server.settings import load_settings
+
+
+def embedded_settings(tmp_path: Any, env: str = "test", **overrides: Any) -> Any:
+    """Settings on the embedded SQLite database and in-process kv under `tmp_path`,
+    with `overrides` on top; the process environment is not read."""
+    defaults = {
+        "DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/agentidp.db",
+        "REDIS_URL": "memory://",
+    }
+    return load_settings(env=env, overrides={**defaults, **overrides}, environ={})
 
 
 async def make_org(idp: Any, name: str = "Acme", tier: str = "free") -> dict[str, Any]:

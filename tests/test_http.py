@@ -11,7 +11,7 @@ import pytest
 from quart import jsonify, request
 
 from agentidp_server.app import create_app
-from agentidp_server.settings import load_settings
+from agentidp_server.testkit import embedded_settings
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PORTAL = "http://localhost:3001"
@@ -19,17 +19,7 @@ OTHER_ALLOWED = "https://portal.example"
 
 
 def _app(tmp_path: Any, **overrides: Any) -> Any:
-    settings = load_settings(
-        env="test",
-        overrides={
-            "DATA_DIR": str(tmp_path),
-            "DATABASE_URL": f"sqlite:///{tmp_path}/agentidp.db",
-            "REDIS_URL": "memory://",
-            **overrides,
-        },
-        environ={},
-    )
-    app = create_app(settings)
+    app = create_app(embedded_settings(tmp_path, **overrides))
 
     @app.post("/_test/echo")
     async def echo() -> Any:

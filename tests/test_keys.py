@@ -22,8 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agentidp_server.app import create_app
 from agentidp_server.keys import KeyError_
 from agentidp_server.oauth.rfc9068 import SIGNATURE_INVALID
-from agentidp_server.settings import load_settings
-from agentidp_server.testkit import admin_headers, basic, make_org, token
+from agentidp_server.testkit import admin_headers, basic, embedded_settings, make_org, token
 
 ISSUER = "http://localhost:3000"
 
@@ -251,31 +250,14 @@ async def test_keys_from_settings_sign_and_are_published(agentidp_client, agenti
 
 def test_mismatched_public_key_is_refused(tmp_path):
     _, _, other_public = _rsa_pair()
-    settings = load_settings(
-        env="test",
-        overrides={
-            "DATA_DIR": str(tmp_path),
-            "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
-            "REDIS_URL": "memory://",
-            "JWT_PRIVATE_KEY": PRIVATE_PEM,
-            "JWT_PUBLIC_KEY": other_public,
-        },
-        environ={},
-    )
+    settings = embedded_settings(tmp_path, JWT_PRIVATE_KEY=PRIVATE_PEM, JWT_PUBLIC_KEY=other_public)
     with pytest.raises(KeyError_, match="not the public half"):
         create_app(settings)
 
 
 def test_garbage_private_key_is_refused(tmp_path):
-    settings = load_settings(
-        env="test",
-        overrides={
-            "DATA_DIR": str(tmp_path),
-            "REDIS_URL": "memory://",
-            "JWT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n",
-        },
-        environ={},
-    )
+    garbage = "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"
+    settings = embedded_settings(tmp_path, JWT_PRIVATE_KEY=garbage)
     with pytest.raises(KeyError_):
         create_app(settings)
 
@@ -292,7 +274,7 @@ def _cli_env(tmp_path: Path) -> dict[str, str]:
     }
     env.update(
         AGENTIDP_ENV="test",
-        DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+        DATABASE_URL=f"sqlite:///{tmp_path}/agentidp.db",
         REDIS_URL="memory://",
         DATA_DIR=str(tmp_path),
     )
@@ -374,15 +356,7 @@ def test_cli_orgs_and_keys(tmp_path):
 
 
 async def _token_from_cli_org(tmp_path: Path, org: dict[str, str], kid: str) -> None:
-    settings = load_settings(
-        env="test",
-        overrides={
-            "DATA_DIR": str(tmp_path),
-            "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
-            "REDIS_URL": "memory://",
-        },
-        environ={},
-    )
+    settings = embedded_settings(tmp_path)
     app = create_app(settings)
     async with app.test_app() as test_app:
         client = test_app.test_client()

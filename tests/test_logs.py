@@ -15,7 +15,7 @@ from quart import jsonify, request
 
 from agentidp_server.app import create_app
 from agentidp_server.logs import redact
-from agentidp_server.settings import load_settings
+from agentidp_server.testkit import embedded_settings
 
 # The runbook's Morgan "combined" line:
 # ::1 - - [28/Mar/2026:09:01:00 +0000] "POST /api/v1/token HTTP/1.1" 200 312 "-" "curl/7.88.1"
@@ -34,12 +34,10 @@ SECRET = "s3cr3t-Value_42"
 
 def _make_app(env: str, tmp_path: Any, **overrides: Any) -> tuple[Any, io.StringIO]:
     """An app whose log handler writes to a buffer (configure_logging targets sys.stdout)."""
-    settings = load_settings(
-        env=env,
-        overrides={
-            "DATA_DIR": str(tmp_path),
-            "DATABASE_URL": f"sqlite:///{tmp_path}/agentidp.db",
-            "REDIS_URL": "memory://",
+    settings = embedded_settings(
+        tmp_path,
+        env,
+        **{
             # a fresh database: production does not migrate on start by itself
             "MIGRATE_ON_START": True,
             # secrets production may require; long enough for any length check
@@ -47,7 +45,6 @@ def _make_app(env: str, tmp_path: Any, **overrides: Any) -> tuple[Any, io.String
             "CREDENTIAL_PEPPER": "p" * 64,
             **overrides,
         },
-        environ={},
     )
     app = create_app(settings)
     stream = io.StringIO()

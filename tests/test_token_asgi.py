@@ -12,8 +12,7 @@ import pytest
 
 from agentidp_server.app import create_app
 from agentidp_server.oauth.token_asgi import TokenEndpoint
-from agentidp_server.settings import load_settings
-from agentidp_server.testkit import basic, make_org
+from agentidp_server.testkit import basic, embedded_settings, make_org
 
 TOKEN = "/api/v1/token"
 # Differ between any two answers, whichever path serves them.
@@ -131,17 +130,7 @@ async def test_caller_request_id_is_echoed_and_audited(
 
 
 def _app(tmp_path: Any, **overrides: Any) -> Any:
-    settings = load_settings(
-        env="test",
-        overrides={
-            "DATA_DIR": str(tmp_path),
-            "DATABASE_URL": f"sqlite:///{tmp_path}/agentidp.db",
-            "REDIS_URL": "memory://",
-            **overrides,
-        },
-        environ={},
-    )
-    return create_app(settings)
+    return create_app(embedded_settings(tmp_path, **overrides))
 
 
 async def _served_by_quart(app: Any, **request: Any) -> tuple[list[str], int]:

@@ -116,9 +116,7 @@ async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) 
             )
         raise
     # Keyed by the canonical client_id from the store, so spelling variants share a bucket.
-    window = await idp.quotas.admit(client.client_id, client.org_id, presented=(presented, address))
-    if window is not None:
-        current.rate_headers.update(window.headers())
+    await idp.quotas.admit(client.client_id, client.org_id, presented=(presented, address))
     return client
 
 

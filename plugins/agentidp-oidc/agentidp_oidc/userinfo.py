@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from agentidp_server import IdP, InvalidToken
-from quart import Response, g, request
+from quart import Response, request
 
 from agentidp_oidc.claims import agent_claims
 from agentidp_oidc.id_token import OPENID
@@ -91,9 +91,7 @@ async def userinfo_claims(idp: IdP) -> dict[str, Any]:
     if OPENID not in str(claims.get("scope", "")).split():
         raise BearerError(403, "insufficient_scope", f"the token lacks the {OPENID} scope")
     # The same per-client rate and daily tier limits as every protected route.
-    window = await idp.quotas.admit(str(claims["client_id"]), str(claims["org_id"]))
-    if window is not None:
-        g.rate_headers = window.headers()
+    await idp.quotas.admit(str(claims["client_id"]), str(claims["org_id"]))
     agent = await idp.agents.get_in_org(str(claims["org_id"]), str(claims["sub"]))
     if agent is None:
         # An admin client's token: a management credential, not an agent identity.

@@ -173,3 +173,18 @@ async def test_token_for_another_resource_is_invalid_token(agentidp_client, issu
     response = await agentidp_client.get(USERINFO, headers=bearer(body["access_token"]))
     assert response.status_code == 401
     assert 'error="invalid_token"' in challenge(response)
+
+
+async def test_userinfo_carries_the_rate_window(agentidp_client, agentidp_idp, issued):
+    """UserInfo is counted like every protected route, and says so in its headers."""
+    first, second = [
+        await agentidp_client.get(USERINFO, headers=bearer(issued["access_token"]))
+        for _ in range(2)
+    ]
+    limit = str(agentidp_idp.settings.RATE_LIMIT_MAX)
+    for response in (first, second):
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == limit
+    if first.headers["X-RateLimit-Reset"] == second.headers["X-RateLimit-Reset"]:
+        remaining = int(first.headers["X-RateLimit-Remaining"])
+        assert int(second.headers["X-RateLimit-Remaining"]) == remaining - 1

@@ -18,11 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import rfc8785
-
 from agentidp_server import request_scope
 from agentidp_server.audit_dispatch import AuditDispatcher
 from agentidp_server.batching import Batcher
+from agentidp_server.canonical_json import canonical
 from agentidp_server.ids import iso, new_id, now_ms
 from agentidp_server.storage.db import Connection, Database
 
@@ -50,7 +49,7 @@ def event_hash(event: Mapping[str, Any]) -> str:
     body = {name: event[name] for name in _COLUMNS}
     if isinstance(body["details"], str):
         body["details"] = json.loads(body["details"])
-    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+    return hashlib.sha256(canonical(body)).hexdigest()
 
 
 def _clean(details: Mapping[str, Any]) -> dict[str, Any]:

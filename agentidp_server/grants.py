@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from agentidp_server.oauth.errors import OAuthError
+
 
 class GrantType(Protocol):
     """One OAuth grant (after Authlib's shape: one class per grant).
@@ -17,3 +19,17 @@ class GrantType(Protocol):
     async def issue(self, request: Any) -> Any:
         """Check the request and return the token response fields."""
         ...
+
+
+def mints_without_io(grant: Any, request: Any) -> bool:
+    """Whether the grant's optional `check(request)` (every refusal that needs no I/O)
+    passes: its `issue` then mints. The token endpoint then counts the token in the
+    same kv step as the request; a grant without `check` is counted when it mints."""
+    check = getattr(grant, "check", None)  # None for an unknown grant_type too
+    if check is None:
+        return False
+    try:
+        check(request)
+    except OAuthError:
+        return False
+    return True

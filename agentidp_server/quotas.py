@@ -183,14 +183,22 @@ class Quotas:
         )
 
     async def admit(
-        self, client_id: str, org_id: str, *, presented: tuple[str, str] | None = None
+        self,
+        client_id: str,
+        org_id: str,
+        *,
+        presented: tuple[str, str] | None = None,
+        token: bool = False,
     ) -> Window | None:
         """Count one authenticated request in one kv step: the client's rate window
         (RATE_LIMIT_EXCEEDED over it), then the organisation's daily calls
         (tier_limit_exceeded). With `presented` (client id as presented, source
         address), a client over the failed-authentication limit is refused first
-        and nothing is counted. The answer to the request being served carries the
-        rate window's X-RateLimit headers; the window is also returned."""
+        and nothing is counted. With `token`, the token the request will be issued
+        is counted in the same step, as `count_token` would (the request's next
+        `TokenService.mint` then counts nothing). The answer to the request being
+        served carries the rate window's X-RateLimit headers; the window is also
+        returned."""
         now = int(time.time() * 1000)
         rate, end = self._rate_counter(client_id, now)
         calls, tier = await self._tier_counter(org_id, "calls", now)
@@ -198,7 +206,10 @@ class Quotas:
         if presented is not None:
             key, left_ms, _ = self._auth_key(*presented)
             guard = Guard(key, self._limits.auth_failures)
-        counted = await self._count([rate, calls], guard)
+        counters = [rate, calls]
+        if token:
+            counters += (await self._token_counters(client_id, org_id, now))[0]
+        counted = await self._count(counters, guard)
         if counted is None:
             return None
         values = counted[1]
@@ -215,18 +226,32 @@ class Quotas:
         current = request_scope.current()
         if current is not None:
             current.rate_headers.update(window.headers())  # the answer carries its window
+        if token:
+            self._check_tokens(org_id, tier, counters[2], values[2:])
+            if current is not None:
+                current.prepaid_tokens += 1
         return window
+
+    async def _token_counters(
+        self, client_id: str, org_id: str, now: int
+    ) -> tuple[list[Counter], str]:
+        """The organisation's daily tokens, then the runbook's monthly counter; the tier."""
+        tokens, tier = await self._tier_counter(org_id, "tokens", now)
+        month, month_end = month_end_ms(now)
+        return [tokens, Counter(f"monthly:{client_id}:{month}", expire_at_ms=month_end)], tier
+
+    def _check_tokens(self, org_id: str, tier: str, tokens: Counter, values: list[int]) -> None:
+        if tokens.limit > 0 and values[0] > tokens.limit:
+            raise self._over_tier(org_id, "tokens", tier, tokens)
 
     async def count_token(self, client_id: str, org_id: str) -> None:
         """Count one token in one kv step: the organisation's daily tokens
         (tier_limit_exceeded over it), then the runbook's monthly counter."""
         now = int(time.time() * 1000)
-        tokens, tier = await self._tier_counter(org_id, "tokens", now)
-        month, month_end = month_end_ms(now)
-        monthly = Counter(f"monthly:{client_id}:{month}", expire_at_ms=month_end)
-        counted = await self._count([tokens, monthly])
-        if counted is not None and tokens.limit > 0 and counted[1][0] > tokens.limit:
-            raise self._over_tier(org_id, "tokens", tier, tokens)
+        counters, tier = await self._token_counters(client_id, org_id, now)
+        counted = await self._count(counters)
+        if counted is not None:
+            self._check_tokens(org_id, tier, counters[0], counted[1])
 
     def _auth_key(self, presented_client_id: str, address: str) -> tuple[str, int, int]:
         now = int(time.time() * 1000)

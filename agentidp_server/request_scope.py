@@ -36,6 +36,8 @@ class RequestScope:
     started: float = field(default_factory=time.perf_counter)
     rate_headers: dict[str, str] = field(default_factory=dict)
     tiers: dict[str, str] = field(default_factory=dict)  # org_id -> tier, read once per request
+    # Tokens already counted with the request's admission (one kv step), not yet minted.
+    prepaid_tokens: int = 0
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "") or ""
@@ -78,3 +80,12 @@ def require() -> RequestScope:
     if scope is None:
         raise RuntimeError("no request is being served")
     return scope
+
+
+def take_prepaid_token() -> bool:
+    """Use one token counted at admission, if the request being served has one."""
+    scope = _current.get()
+    if scope is None or scope.prepaid_tokens == 0:
+        return False
+    scope.prepaid_tokens -= 1
+    return True

@@ -263,6 +263,44 @@ async def test_runbook_keys_and_expiries(
     assert await raw.get(f"rate:tier:calls:{org_id}") == "3"
 
 
+async def test_a_token_is_counted_in_its_requests_kv_step(
+    agentidp_client: Any, agentidp_idp: Any, raw: RawKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """client_credentials: the rate window, daily calls, daily tokens and the monthly
+    counter move in one kv step; a request refused before minting counts no token."""
+    org = await make_org(agentidp_idp)
+    cid, org_id, secret = org["client_id"], org["org_id"], org["client_secret"]
+    steps: list[list[str]] = []
+    incr_many = agentidp_idp.kv.incr_many
+
+    async def spy(counters: Any, guard: Any = None) -> Any:
+        steps.append([c.key for c in counters])
+        return await incr_many(counters, guard)
+
+    monkeypatch.setattr(agentidp_idp.kv, "incr_many", spy)
+    await token(agentidp_client, cid, secret)
+    month, _ = month_and_end_ms()
+    assert len(steps) == 1, steps
+    assert steps[0][1:] == [
+        f"rate:tier:calls:{org_id}",
+        f"rate:tier:tokens:{org_id}",
+        f"monthly:{cid}:{month}",
+    ]
+    refused = [
+        ({**CC, "scope": "no-such-scope"}, "invalid_scope"),
+        ({**CC, "resource": "relative/path"}, "invalid_target"),
+        ({"grant_type": "urn:example:unknown"}, "unsupported_grant_type"),
+        ({}, "invalid_request"),
+    ]
+    for form, error in refused:
+        response = await agentidp_client.post(TOKEN, form=form, headers=basic(cid, secret))
+        assert response.status_code == 400, await response.get_json()
+        assert (await response.get_json())["error"] == error
+    assert await raw.get(f"rate:tier:calls:{org_id}") == str(1 + len(refused))
+    assert await raw.get(f"rate:tier:tokens:{org_id}") == "1"
+    assert await raw.get(f"monthly:{cid}:{month}") == "1"
+
+
 @settings_for(AUTH_FAILURE_LIMIT=20)
 async def test_client_id_variants_share_no_second_bucket(
     agentidp_client: Any, agentidp_idp: Any, raw: RawKeys

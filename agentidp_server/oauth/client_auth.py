@@ -11,6 +11,7 @@ import binascii
 import hmac
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -88,11 +89,18 @@ def presented_client_id(params: dict[str, str]) -> str:
     return params.get("client_id", "")
 
 
-async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) -> Client:
+async def authenticate_limited(
+    idp: IdP,
+    params: dict[str, str],
+    endpoint: str,
+    mints: Callable[[Client], bool] | None = None,
+) -> Client:
     """`authenticate` under the failure limit, then the client's rate and tier limits.
 
     The failure limit is checked with the outcome (one kv step either way): over
-    it, the answer is 429 whether the secret was right or wrong.
+    it, the answer is 429 whether the secret was right or wrong. When `mints`
+    says the authenticated client's request will be issued a token, that token
+    is counted in the same step.
     """
     current = request_scope.require()
     presented = presented_client_id(params)
@@ -116,7 +124,12 @@ async def authenticate_limited(idp: IdP, params: dict[str, str], endpoint: str) 
             )
         raise
     # Keyed by the canonical client_id from the store, so spelling variants share a bucket.
-    await idp.quotas.admit(client.client_id, client.org_id, presented=(presented, address))
+    await idp.quotas.admit(
+        client.client_id,
+        client.org_id,
+        presented=(presented, address),
+        token=mints is not None and mints(client),
+    )
     return client
 
 

@@ -36,12 +36,17 @@ def resource_audience(raw: str | None, default: str) -> str:
 class ClientCredentialsGrant:
     grant_type = "client_credentials"
 
-    async def issue(self, request: TokenRequest) -> dict[str, Any]:
-        client = request.client
-        scopes = requested_scopes(request.params.get("scope"), client.agent["scopes"])
+    def check(self, request: TokenRequest) -> tuple[list[str], str]:
+        """Every refusal of this grant (no I/O): the scopes and audience to issue."""
+        scopes = requested_scopes(request.params.get("scope"), request.client.agent["scopes"])
         audience = resource_audience(
             request.params.get("resource"), request.idp.tokens.default_audience()
         )
+        return scopes, audience
+
+    async def issue(self, request: TokenRequest) -> dict[str, Any]:
+        client = request.client
+        scopes, audience = self.check(request)
         token, claims = await request.idp.tokens.mint(
             agent=client.agent,
             credential_id=client.credential_id,

@@ -11,6 +11,7 @@ from quart_schema import DataSource, document_request
 
 from agentidp_server.api.models import TokenForm, TokenForm7662
 from agentidp_server.audit import Actor
+from agentidp_server.grants import mints_without_io
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import (
     ASSERTION_ALGORITHMS,
@@ -68,12 +69,17 @@ async def token() -> Response:
 
 async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
     """The token endpoint's work, for the Quart view and the ASGI fast path alike."""
-    client = await authenticate_limited(idp, params, idp.issuer + TOKEN_PATH)
     grant_type = params.get("grant_type")
+    grant = idp.state["core"]["grant_types"].get(grant_type) if grant_type else None
+    client = await authenticate_limited(
+        idp,
+        params,
+        idp.issuer + TOKEN_PATH,
+        # A grant whose refusals need no I/O has its token counted with the request.
+        lambda client: mints_without_io(grant, TokenRequest(idp, client, params)),
+    )
     if not grant_type:
         raise OAuthError("invalid_request", "grant_type is required")
-    grants = idp.state["core"]["grant_types"]
-    grant = grants.get(grant_type)
     if grant is None:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type} is not supported")
     body: dict[str, Any] = await grant.issue(TokenRequest(idp, client, params))

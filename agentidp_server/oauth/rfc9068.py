@@ -13,6 +13,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from agentidp_server import request_scope
 from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP
 from agentidp_server.ids import new_id, now_ms
@@ -66,8 +67,9 @@ class TokenService:
         lifetime: int | None = None,
     ) -> tuple[str, dict[str, Any]]:
         # Every grant mints here, so every token is counted against the tier (and the
-        # runbook's monthly counter) before it exists.
-        await self.idp.quotas.count_token(client_id, agent["org_id"])
+        # runbook's monthly counter) before it exists: here, or with its request's admission.
+        if not request_scope.take_prepaid_token():
+            await self.idp.quotas.count_token(client_id, agent["org_id"])
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.idp.issuer,

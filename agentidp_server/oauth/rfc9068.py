@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from contextlib import suppress
+from functools import cached_property
 from typing import Any
 
 from joserfc import jwt
@@ -47,12 +48,17 @@ class TokenService:
         self.idp = idp
         self._resync: asyncio.Task[None] | None = None
 
-    @property
+    # Read once: settings do not change once loaded, and each read costs microseconds.
+    @cached_property
     def ttl(self) -> int:
         return int(self.idp.settings.ACCESS_TOKEN_TTL)
 
-    def default_audience(self) -> str:
+    @cached_property
+    def _default_audience(self) -> str:
         return str(self.idp.settings.DEFAULT_AUDIENCE or self.idp.issuer)
+
+    def default_audience(self) -> str:
+        return self._default_audience
 
     async def mint(
         self,

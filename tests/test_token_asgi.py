@@ -178,3 +178,48 @@ async def test_other_methods_and_paths_go_to_quart(tmp_path: Any) -> None:
         assert "POST" in response.headers["Allow"]
         assert (await client.post(TOKEN + "/introspect", form={})).status_code == 401
     assert spy.paths == [f"GET {TOKEN}", f"POST {TOKEN}/introspect"]
+
+
+async def test_a_client_gone_before_its_body_is_not_answered(tmp_path: Any) -> None:
+    """The fast path sends nothing, counts nothing and mints nothing for a client that
+    disconnected before its body arrived (ASGI `http.disconnect`)."""
+    app = _app(tmp_path)
+    async with app.test_app():
+        idp = app.extensions["agentidp"]
+        org = await make_org(idp)
+        headers = basic(org["client_id"], org["client_secret"])
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": TOKEN,
+            "raw_path": TOKEN.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"authorization", headers["Authorization"].encode()),
+                (b"content-type", b"application/x-www-form-urlencoded"),
+                (b"content-length", b"29"),
+            ],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 3000),
+        }
+        messages = iter([{"type": "http.request", "body": b"grant_type", "more_body": True}])
+
+        async def receive() -> dict[str, Any]:
+            return next(messages, {"type": "http.disconnect"})
+
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await endpoint_of(app)(scope, receive, send)
+        assert sent == []
+        issued = await idp.db.fetchval(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'token.issued'"
+        )
+        assert issued == 0
+        assert await idp.kv.get(f"rate:tier:calls:{org['org_id']}") is None

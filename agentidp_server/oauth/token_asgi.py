@@ -154,6 +154,8 @@ class TokenEndpoint:
             return rate_limited_answer(error)
         except StorageUnavailable as error:
             return unavailable_answer(error)
+        except _Disconnected:
+            raise  # nobody to answer; not an unexpected error
         except Exception:
             return unexpected_answer()
 

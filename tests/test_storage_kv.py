@@ -337,7 +337,7 @@ async def test_get_many_reads_in_order_with_none_for_missing(kv: KV) -> None:
 
 
 async def test_concurrent_incr_many_steps_each_count_once(kv: KV) -> None:
-    # Redis sends concurrent steps together in one pipeline: every step must
+    # Redis runs concurrent steps together in one script run: every step must
     # still be its own atomic increment, and a bad key fails only its own step.
     await kv.set("word", "abc")
 
@@ -359,6 +359,6 @@ async def test_concurrent_incr_many_steps_each_count_once(kv: KV) -> None:
 async def test_incr_many_survives_a_script_flush(kv: KV, raw_redis: Any) -> None:
     assert await kv.incr_many([Counter("after-flush")]) == (0, [1])
     await raw_redis.script_flush()
-    # The pipelined EVALSHA meets NOSCRIPT; the step is run again with the script loaded.
+    # The batch meets NOSCRIPT; it is run again with the script loaded.
     outcomes = await asyncio.gather(*(kv.incr_many([Counter("after-flush")]) for _ in range(5)))
     assert sorted(values[0] for _, values in outcomes) == [2, 3, 4, 5, 6]

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentidp_server.batching import Batcher
@@ -18,7 +18,7 @@ from agentidp_server.storage.kv import CommandObserver, Counter, Guard
 
 T = TypeVar("T")
 
-PIPELINE_MAX = 512
+BATCH_MAX = 512  # steps per script run
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 # INCR and its expiry in one step, so a crash between them cannot leave a
@@ -36,35 +36,52 @@ return value
 """
 
 
-# incr_many in one step: KEYS[1] is the guard ('' for none), then one key per
-# counter; ARGV[1] the guard's limit, then (mode, expiry, limit) per counter.
-_INCR_MANY = """
-local guarded = 0
-if KEYS[1] ~= '' then
-  guarded = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-  local guard_limit = tonumber(ARGV[1])
-  if guard_limit > 0 and guarded >= guard_limit then
-    return {guarded}
-  end
-end
-local result = {guarded}
-for i = 2, #KEYS do
-  local base = (i - 2) * 3 + 2
-  local value = redis.call('INCR', KEYS[i])
-  if value == 1 then
-    if ARGV[base] == 'px' then
-      redis.call('PEXPIRE', KEYS[i], ARGV[base + 1])
-    elseif ARGV[base] == 'pxat' then
-      redis.call('PEXPIREAT', KEYS[i], ARGV[base + 1])
+# Concurrent incr_many steps in one script run. ARGV[1] is the number of steps;
+# per step, ARGV holds its number of counters, the guard's limit, then (mode,
+# expiry, limit) per counter, and KEYS holds the guard ('' for none), then one
+# key per counter. Each step is atomic (the whole run is); an error ends only
+# its own step, whose reply is then the error's text instead of an array.
+_INCR_STEPS = """
+local function step(guard_key, guard_limit, k, a, n)
+  local guarded = 0
+  if guard_key ~= '' then
+    guarded = tonumber(redis.call('GET', guard_key) or '0') or 0
+    if guard_limit > 0 and guarded >= guard_limit then
+      return {guarded}
     end
   end
-  result[#result + 1] = value
-  local limit = tonumber(ARGV[base + 2])
-  if limit > 0 and value > limit then
-    break
+  local result = {guarded}
+  for i = 0, n - 1 do
+    local key, base = KEYS[k + i], a + i * 3
+    local value = redis.call('INCR', key)
+    if value == 1 then
+      if ARGV[base] == 'px' then
+        redis.call('PEXPIRE', key, ARGV[base + 1])
+      elseif ARGV[base] == 'pxat' then
+        redis.call('PEXPIREAT', key, ARGV[base + 1])
+      end
+    end
+    result[#result + 1] = value
+    local limit = tonumber(ARGV[base + 2])
+    if limit > 0 and value > limit then
+      break
+    end
   end
+  return result
 end
-return result
+
+local replies, k, a = {}, 1, 2
+for s = 1, tonumber(ARGV[1]) do
+  local n, guard_limit, guard_key = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), KEYS[k]
+  local ok, reply = pcall(step, guard_key, guard_limit, k + 1, a + 2, n)
+  if ok then
+    replies[s] = reply
+  else
+    replies[s] = tostring(type(reply) == 'table' and reply.err or reply)
+  end
+  k, a = k + 1 + n, a + 2 + n * 3
+end
+return replies
 """
 
 
@@ -84,11 +101,11 @@ class RedisKV:
         self._prefix = prefix
         self._observer = observer
         self._incr = client.register_script(_INCR_EXPIRE)
-        self._incr_many = client.register_script(_INCR_MANY)
-        # Concurrent counter steps share one pipeline: one write and one read per
-        # batch, while each step stays its own atomic script run.
+        self._incr_steps = client.register_script(_INCR_STEPS)
+        # Concurrent counter steps share one script run: one command per batch,
+        # while each step stays atomic and fails alone.
         self._counting: Batcher[tuple[list[str], list[Any]], Any] = Batcher(
-            self._incr_batch, PIPELINE_MAX
+            self._incr_batch, BATCH_MAX
         )
         self.description = description
 
@@ -178,28 +195,15 @@ class RedisKV:
         return int(result[0]), [int(v) for v in result[1:]]
 
     async def _incr_batch(self, steps: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run the steps as EVALSHA in one pipeline; each outcome is its own."""
-        sha = self._incr_many.sha  # the script's SHA-1, computed locally
-
-        async def pipeline() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for keys, args in steps:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            outcomes: list[Any] = await pipe.execute(raise_on_error=False)
-            return outcomes
-
-        outcomes = await self._call("incr_many", pipeline)
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, NoScriptError):
-                # Redis restarted or its scripts were flushed: the script call reloads it.
-                try:
-                    outcomes[index] = await self._rerun(*steps[index])
-                except ResponseError as error:
-                    outcomes[index] = error
-        return outcomes
-
-    async def _rerun(self, keys: list[str], args: list[Any]) -> Any:
-        return await self._call("incr_many", lambda: self._incr_many(keys=keys, args=args))
+        """Run the steps in one script run; each outcome is its own."""
+        keys: list[str] = []
+        args: list[Any] = [len(steps)]
+        for step_keys, step_args in steps:
+            keys += step_keys
+            args += [len(step_keys) - 1, *step_args]
+        # The Script object reloads the script after NOSCRIPT (a flush or a restart).
+        replies = await self._call("incr_many", lambda: self._incr_steps(keys=keys, args=args))
+        return [ResponseError(r) if isinstance(r, str) else r for r in replies]
 
     async def pttl(self, key: str) -> int | None:
         value: int = await self._call("pttl", lambda: self._client.pttl(self._k(key)))

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwk
 
+from agentidp_server import json_codec
 from agentidp_server.ids import iso
 from agentidp_server.storage.db import Database, lock_key
 
@@ -89,10 +90,11 @@ class SigningKey:
     def _signer(self) -> Callable[[bytes], bytes]:
         private: Any = self.key.private_key
         if self.alg == "ES256":
+            ecdsa = ec.ECDSA(hashes.SHA256())  # immutable: built once, not per token
 
             def es256(data: bytes) -> bytes:
                 # RFC 7518 §3.4: R and S as fixed 32-byte big-endian integers, not DER.
-                r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hashes.SHA256())))
+                r, s = decode_dss_signature(private.sign(data, ecdsa))
                 return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
             return es256
@@ -112,7 +114,7 @@ class SigningKey:
         if header is None:
             header = _b64(json.dumps({"alg": self.alg, "typ": typ, "kid": self.kid}).encode())
             self._headers[typ] = header
-        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        payload = _b64(json_codec.dumps(claims))
         signing_input = f"{header}.{payload}"
         return f"{signing_input}.{_b64(self._signer(signing_input.encode()))}"
 

@@ -12,7 +12,6 @@ when a plugin has hooked all requests (`before_app_request` and the like).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -20,7 +19,7 @@ from typing import Any
 
 from quart import Quart
 
-from agentidp_server import request_scope
+from agentidp_server import json_codec, request_scope
 from agentidp_server.http import (
     Answer,
     access_line,
@@ -109,7 +108,7 @@ class TokenEndpoint:
             status, extra, payload = await self._answer(receive, headers)
         except _Disconnected:
             return
-        content = json.dumps(payload).encode()
+        content = json_codec.dumps(payload)
         response_headers = {
             "content-type": "application/json",
             "content-length": str(len(content)),

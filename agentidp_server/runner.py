@@ -58,6 +58,8 @@ async def _serve_uvicorn(
 ) -> None:
     import uvicorn
 
+    from agentidp_server.coalescing import CoalescingHttpToolsProtocol
+
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -65,7 +67,7 @@ async def _serve_uvicorn(
 
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # httptools, headers and body in one send
         lifespan="on",
         access_log=False,  # the app writes its own access lines with request ids
         log_config=None,

@@ -159,8 +159,9 @@ class Keyring:
         self._keys: list[SigningKey] = []
         self._static = self._load_static()
 
-    @property
+    @cached_property
     def token_ttl_ms(self) -> int:
+        # Read once (settings do not change once loaded): every signature asks.
         return int(self._settings.ACCESS_TOKEN_TTL) * 1000
 
     def _load_static(self) -> SigningKey | None:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server import request_scope
+from agentidp_server import audit_pg, request_scope
 from agentidp_server.audit_dispatch import AuditDispatcher
 from agentidp_server.batching import Batcher
 from agentidp_server.canonical_json import canonical
@@ -40,18 +40,8 @@ _COLUMNS = (
     "prev_hash",
 )  # fmt: skip
 _STORED = (*_COLUMNS, "hash")
-_APPEND_PG = (
-    "WITH appended AS (INSERT INTO audit_events ({columns}) SELECT * FROM unnest({arrays})) "
-    "UPDATE audit_heads SET seq = ${n1}, hash = ${n2} WHERE org_id = ${n3}"
-).format(
-    columns=", ".join(_STORED),
-    arrays=", ".join(
-        f"${i}::{'bigint' if name in ('seq', 'occurred_at') else 'text'}[]"
-        for i, name in enumerate(_STORED, start=1)
-    ),
-    n1=len(_STORED) + 1,
-    n2=len(_STORED) + 2,
-    n3=len(_STORED) + 3,
+_NEW_HEAD = (
+    "INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (org_id) DO NOTHING"
 )
 # Events committed together at most (bounds one transaction's size and lock time).
 GROUP_MAX = 256
@@ -124,19 +114,41 @@ class AuditLog:
         }
 
     @staticmethod
+    async def _chain_pg(
+        conn: Connection | Database, org: str, drafts: list[dict[str, Any]]
+    ) -> bool:
+        """PostgreSQL: chain and insert the drafts in one statement (`audit_pg`);
+        False, with nothing written, when an event cannot take that path."""
+        cuts = []
+        for event in drafts:
+            body = {name: event[name] for name in _COLUMNS if name not in ("seq", "prev_hash")}
+            cut = audit_pg.pieces(body)
+            if cut is None:
+                return False
+            cuts.append(cut)
+        rows = [
+            [json.dumps(event[c]) if c == "details" else event[c] for c in audit_pg.GIVEN]
+            for event in drafts
+        ]
+        chained = await audit_pg.append(conn, org, rows, cuts)
+        if not chained:  # the organisation's first event: its chain head does not exist yet
+            await conn.execute(_NEW_HEAD, org, GENESIS)
+            chained = await audit_pg.append(conn, org, rows, cuts)
+        for event, link in zip(drafts, chained, strict=True):
+            event.update(seq=link["seq"], prev_hash=link["prev_hash"], hash=link["hash"])
+        return True
+
+    @staticmethod
     async def _chain(conn: Connection, org: str, drafts: list[dict[str, Any]]) -> None:
         """Give drafts of one organisation their positions and hashes, and insert them,
         under the chain head's row lock (PostgreSQL) or the writer lock (SQLite)."""
+        if conn.dialect == "postgresql" and await AuditLog._chain_pg(conn, org, drafts):
+            return
         lock = " FOR UPDATE" if conn.dialect == "postgresql" else ""
         select_head = f"SELECT seq, hash FROM audit_heads WHERE org_id = $1{lock}"
         head = await conn.fetchrow(select_head, org)
         if head is None:
-            await conn.execute(
-                "INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2) "
-                "ON CONFLICT (org_id) DO NOTHING",
-                org,
-                GENESIS,
-            )
+            await conn.execute(_NEW_HEAD, org, GENESIS)
             head = await conn.fetchrow(select_head, org)
         assert head is not None
         seq, prev = int(head["seq"]), str(head["hash"])
@@ -148,11 +160,6 @@ class AuditLog:
             [json.dumps(event[c]) if c == "details" else event[c] for c in _STORED]
             for event in drafts
         ]
-        if conn.dialect == "postgresql":
-            # Column arrays: one prepared statement whatever the batch size, and the
-            # head moves in the same statement (one round trip for the batch).
-            await conn.execute(_APPEND_PG, *map(list, zip(*rows, strict=True)), seq, prev, org)
-            return
         # One multi-row INSERT: a batch costs one round trip, not one per event.
         width = len(_STORED)
         values = ", ".join(
@@ -193,7 +200,14 @@ class AuditLog:
         for _, event in batch:
             by_org.setdefault(event["org_id"], []).append(event)
         # Every caller passes the app's database; a batch is written through the first's.
-        async with batch[0][0].transaction() as conn:
+        db = batch[0][0]
+        if len(by_org) == 1 and db.dialect == "postgresql":
+            # The usual batch: one statement, committed on its own (one round trip).
+            ((org, drafts),) = by_org.items()
+            if await self._chain_pg(db, org, drafts):
+                self.published(*drafts)
+                return drafts
+        async with db.transaction() as conn:
             # Heads locked in one order, so two processes' batches cannot deadlock.
             for org in sorted(by_org):
                 await self._chain(conn, org, by_org[org])

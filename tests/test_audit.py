@@ -6,6 +6,8 @@ import asyncio
 import itertools
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -20,6 +22,23 @@ async def _activity(client, idp) -> dict:
     for _ in range(3):
         await token(client, credential["client_id"], credential["client_secret"])
     return {"org": org, "headers": headers, "agent": agent, "credential": credential}
+
+
+@contextmanager
+def counted_transactions(idp) -> Iterator[list[None]]:
+    """Count the transactions the database opens inside the block (one item each)."""
+    opened: list[None] = []
+    transaction = idp.db.transaction
+
+    def counting(*args, **kwargs):
+        opened.append(None)
+        return transaction(*args, **kwargs)
+
+    idp.db.transaction = counting
+    try:
+        yield opened
+    finally:
+        del idp.db.transaction
 
 
 async def _events(idp, org_id: str) -> list[dict]:
@@ -256,16 +275,7 @@ async def test_plugins_can_resume_from_a_sequence_number(agentidp_client, agenti
 
 async def test_concurrent_records_share_commits_and_keep_each_chain_whole(agentidp_idp):
     idp = agentidp_idp
-    opened = 0
-    transaction = idp.db.transaction
-
-    def counting_transaction(*args, **kwargs):
-        nonlocal opened
-        opened += 1
-        return transaction(*args, **kwargs)
-
-    idp.db.transaction = counting_transaction
-    try:
+    with counted_transactions(idp) as opened:
         events = await asyncio.gather(
             *(
                 idp.audit.record(
@@ -274,16 +284,48 @@ async def test_concurrent_records_share_commits_and_keep_each_chain_whole(agenti
                 for i in range(60)
             )
         )
-    finally:
-        del idp.db.transaction
     # Every caller got its own committed event; the commits were shared.
-    assert opened < 60
+    assert len(opened) < 60
     for org in ("org-0", "org-1"):
         mine = sorted(e["seq"] for e in events if e["org_id"] == org)
         assert mine == list(range(1, 31))
         report = await verify_chain(idp.db, org, idp.keys)
         assert report.intact, report
         assert report.events == 30
+
+
+async def test_one_organisations_batch_is_one_statement_and_any_details_chain(
+    agentidp_idp, agentidp_backend
+):
+    """On PostgreSQL the database hashes the chain (audit_pg); the bytes it hashes
+    must be those event_hash hashes, for plain and non-ASCII details alike, and a
+    details value that mimics the position mark still chains (the slow way)."""
+    idp = agentidp_idp
+    details = [
+        {"scope": "read write", "exp": 1_800_000_000},
+        {"name": "Zoë \u2028 \U0001f600", "quote": '"prev_hash":"x"', "nested": {"seq": 1}},
+        {"seq": 2**53 - 1},  # the position mark itself, under another object
+        {},
+    ]
+    with counted_transactions(idp) as opened:
+        for round_ in range(2):  # the first round creates the chain head
+            events = await asyncio.gather(
+                *(
+                    idp.audit.record(idp.db, org_id="org-x", action="agent.updated", details=d)
+                    for d in details
+                )
+            )
+            assert [e["seq"] for e in events] == list(range(1 + 4 * round_, 5 + 4 * round_))
+    if agentidp_backend == "postgres":
+        # Only the batch holding the mimicking value took a transaction.
+        assert len(opened) == 2
+    stored = await _events(idp, "org-x")
+    assert [json.loads(e["details"]) for e in stored] == details * 2
+    for event, row in zip(events, stored[4:], strict=True):
+        assert event["hash"] == row["hash"] == event_hash(row)
+    report = await verify_chain(idp.db, "org-x", idp.keys)
+    assert report.intact, report
+    assert report.events == 8
 
 
 async def test_a_failed_group_commit_fails_every_caller_and_writes_nothing(

@@ -41,5 +41,8 @@ def _plain(value: Any) -> bool:
 def canonical(value: Any) -> bytes:
     """The RFC 8785 canonical form of `value`, as UTF-8 bytes."""
     if _plain(value):
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # nesting deeper than orjson allows
     return bytes(rfc8785.dumps(value))

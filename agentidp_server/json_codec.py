@@ -2,7 +2,8 @@
 
 orjson encodes in Rust, several times faster than the standard library; for a
 value it refuses (an integer beyond 64 bits, a dict with non-string keys, an
-unknown type) the standard library's answer, or its error, is kept.
+unknown type, a lone surrogate) the standard library's answer, or its error,
+is kept.
 """
 
 from __future__ import annotations
@@ -18,4 +19,5 @@ def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        # ASCII escapes: a lone surrogate (which orjson refuses) is still valid JSON.
+        return json.dumps(value, separators=(",", ":")).encode()

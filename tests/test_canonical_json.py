@@ -82,3 +82,11 @@ def test_plain_values_take_the_fast_path_and_match(value: Any) -> None:
 def test_other_values_go_to_the_reference(value: Any) -> None:
     assert not _plain(value)
     assert _ours(value) == _reference(value)
+
+
+def test_nesting_deeper_than_orjson_allows_goes_to_the_reference() -> None:
+    value: Any = "leaf"
+    for _ in range(300):
+        value = {"act": value}
+    assert _plain(value)
+    assert canonical(value) == rfc8785.dumps(value)

@@ -18,3 +18,9 @@ def test_compact_utf8_json() -> None:
 def test_what_orjson_refuses_is_encoded_as_the_standard_library_does() -> None:
     for value in ({"big": 2**70}, {1: "integer key"}):
         assert dumps(value) == json.dumps(value, separators=(",", ":")).encode()
+
+
+def test_a_lone_surrogate_is_escaped_not_a_crash() -> None:
+    encoded = dumps({"error_description": "grant_type \ud800 is not supported"})
+    assert encoded.isascii()
+    assert json.loads(encoded) == {"error_description": "grant_type \ud800 is not supported"}

@@ -289,6 +289,7 @@ async def test_a_token_is_counted_in_its_requests_kv_step(
     refused = [
         ({**CC, "scope": "no-such-scope"}, "invalid_scope"),
         ({**CC, "resource": "relative/path"}, "invalid_target"),
+        ({**CC, "resource": "http://[::1"}, "invalid_target"),  # urlsplit raises
         ({"grant_type": "urn:example:unknown"}, "unsupported_grant_type"),
         ({}, "invalid_request"),
     ]

@@ -84,6 +84,8 @@ def cases(org: dict[str, Any]) -> list[dict[str, Any]]:
         {"form": {"grant_type": "password"}, "headers": good},
         {"form": {**form, "scope": "no-such-scope"}, "headers": good},
         {"form": {**form, "resource": "relative#frag"}, "headers": good},
+        {"form": {**form, "resource": "http://[::1"}, "headers": good},
+        {"json": {"grant_type": "\ud800"}, "headers": good},
         {"data": b"grant_type=a&grant_type=b", "headers": as_form},
         {"data": b"\xff\xfe", "headers": as_form},
         {"data": b"{not json", "headers": {**good, "Content-Type": "application/json"}},

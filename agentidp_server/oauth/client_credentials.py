@@ -27,7 +27,10 @@ def resource_audience(raw: str | None, default: str) -> str:
     """RFC 8707 §2: an absolute URI without a fragment becomes `aud`."""
     if raw is None:
         return default
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # e.g. "http://[::1": an unbalanced IPv6 literal
+        raise OAuthError("invalid_target", "resource must be an absolute URI") from None
     if not parts.scheme or not (parts.netloc or parts.path) or parts.fragment or "#" in raw:
         raise OAuthError("invalid_target", "resource must be an absolute URI without a fragment")
     return raw

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from agentidp_server import IdP, InvalidToken, OAuthError, TokenRequest
 
@@ -86,8 +86,11 @@ def parse(params: Mapping[str, str]) -> Exchange:
     resource = params.get("resource")
     if resource is not None:
         # §2.1 / RFC 8707 §2: an absolute URI without a fragment.
-        parts = urlsplit(resource)
-        if not parts.scheme or not (parts.netloc or parts.path) or "#" in resource:
+        try:
+            parts: SplitResult | None = urlsplit(resource)
+        except ValueError:  # e.g. "http://[::1": an unbalanced IPv6 literal
+            parts = None
+        if parts is None or not parts.scheme or not (parts.netloc or parts.path) or "#" in resource:
             raise OAuthError(
                 "invalid_target", "resource must be an absolute URI without a fragment"
             )

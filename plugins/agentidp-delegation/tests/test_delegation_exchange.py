@@ -143,6 +143,7 @@ async def test_audience_widening_is_invalid_target(agentidp_client, agentidp_idp
         {"audience": "https://other.example.com"},
         {"resource": "https://other.example.com"},
         {"resource": "not a uri"},
+        {"resource": "http://[::1"},  # urlsplit raises on it
     ):
         assert await refused(agentidp_client, b, subject, **params) == "invalid_target"
 

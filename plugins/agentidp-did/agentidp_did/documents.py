@@ -96,7 +96,10 @@ def agent_card_url(agent: Mapping[str, Any]) -> str | None:
     value = metadata.get(A2A_METADATA_KEY) if isinstance(metadata, Mapping) else None
     if not isinstance(value, str):
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. "http://[::1": not a URL at all
+        return None
     return value if parts.scheme in ("https", "http") and parts.netloc else None
 
 

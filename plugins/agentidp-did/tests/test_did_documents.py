@@ -112,10 +112,11 @@ async def test_agent_signed_jwt_verifies_with_document_key(agentidp_client, agen
     assert verify_with_document(jwt, document, "did:web:peer")["iss"] == setup["did"]
 
 
-async def test_agent_without_keys_or_card(agentidp_client, agentidp_idp):
+@pytest.mark.parametrize("card", ["no url", "http://[::1"])  # the second makes urlsplit raise
+async def test_agent_without_keys_or_card(agentidp_client, agentidp_idp, card):
     org = await make_org(agentidp_idp)
     headers = await admin_headers(agentidp_client, org)
-    agent, _ = await make_agent(agentidp_client, headers, metadata={"a2a_agent_card": "no url"})
+    agent, _ = await make_agent(agentidp_client, headers, metadata={"a2a_agent_card": card})
     response = await agentidp_client.get(f"/agents/{agent['agent_id']}/did.json")
     document = json.loads(await response.get_data())
     assert response.status_code == 200

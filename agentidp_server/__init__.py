@@ -9,6 +9,7 @@ from agentidp_server.hookspecs import hookimpl
 from agentidp_server.http import ApiError
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.migrations import MigrationSet
+from agentidp_server.oauth.client_credentials import resource_uri
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.rfc9068 import InvalidToken
 from agentidp_server.oauth.token_request import TokenRequest
@@ -35,4 +36,5 @@ __all__ = [
     "principal_actor",
     "principal_org",
     "require_scope",
+    "resource_uri",
 ]

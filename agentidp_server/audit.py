@@ -56,6 +56,11 @@ def event_hash(event: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
+def _stored(event: Mapping[str, Any], columns: tuple[str, ...]) -> list[Any]:
+    """An event's values for these columns as stored (details as JSON text)."""
+    return [json.dumps(event[c]) if c == "details" else event[c] for c in columns]
+
+
 def _clean(details: Mapping[str, Any]) -> dict[str, Any]:
     """Refuse to store anything that looks like a secret or a token."""
     for key, value in details.items():
@@ -126,10 +131,7 @@ class AuditLog:
             if cut is None:
                 return False
             cuts.append(cut)
-        rows = [
-            [json.dumps(event[c]) if c == "details" else event[c] for c in audit_pg.GIVEN]
-            for event in drafts
-        ]
+        rows = [_stored(event, audit_pg.GIVEN) for event in drafts]
         chained = await audit_pg.append(conn, org, rows, cuts)
         if not chained:  # the organisation's first event: its chain head does not exist yet
             await conn.execute(_NEW_HEAD, org, GENESIS)
@@ -156,10 +158,7 @@ class AuditLog:
             seq += 1
             event.update(seq=seq, prev_hash=prev)
             event["hash"] = prev = event_hash(event)
-        rows = [
-            [json.dumps(event[c]) if c == "details" else event[c] for c in _STORED]
-            for event in drafts
-        ]
+        rows = [_stored(event, _STORED) for event in drafts]
         # One multi-row INSERT: a batch costs one round trip, not one per event.
         width = len(_STORED)
         values = ", ".join(

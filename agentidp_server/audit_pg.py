@@ -25,6 +25,9 @@ _HASH_MARK = "mark-" + secrets.token_hex(16)
 _SEQ_MARK = 2**53 - 1
 _BEFORE_HASH = b'"prev_hash":"'
 _BEFORE_SEQ = b'"seq":'
+_HASH_AT = _BEFORE_HASH + _HASH_MARK.encode() + b'"'
+_SEQ_TEXT = str(_SEQ_MARK).encode()
+_SEQ_AT = _BEFORE_SEQ + _SEQ_TEXT
 
 # The fields stored as given, in this order (the rest come from the chain).
 GIVEN = (
@@ -69,15 +72,12 @@ def pieces(body: dict[str, Any]) -> tuple[bytes, bytes, bytes] | None:
     """The canonical form of `body` (every hashed field, details as an object) cut
     around its `prev_hash` and `seq` values; None if the cut is not unambiguous."""
     data = canonical({**body, "prev_hash": _HASH_MARK, "seq": _SEQ_MARK})
-    hash_at = _BEFORE_HASH + _HASH_MARK.encode() + b'"'
-    seq_at = _BEFORE_SEQ + str(_SEQ_MARK).encode()
-    if data.count(hash_at) != 1 or data.count(seq_at) != 1:
+    if data.count(_HASH_AT) != 1 or data.count(_SEQ_AT) != 1:
         return None  # a details value mimics a mark: the caller appends the slow way
-    h = data.index(hash_at) + len(_BEFORE_HASH)
-    s = data.index(seq_at) + len(_BEFORE_SEQ)
-    if not h < s:
-        return None
-    return data[:h], data[h + len(_HASH_MARK) : s], data[s + len(str(_SEQ_MARK)) :]
+    # Sorted keys (RFC 8785 §3.2.3) put "prev_hash" before "seq".
+    h = data.index(_HASH_AT) + len(_BEFORE_HASH)
+    s = data.index(_SEQ_AT) + len(_BEFORE_SEQ)
+    return data[:h], data[h + len(_HASH_MARK) : s], data[s + len(_SEQ_TEXT) :]
 
 
 async def append(

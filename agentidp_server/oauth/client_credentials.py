@@ -23,17 +23,20 @@ def requested_scopes(raw: str | None, allowed: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
-def resource_audience(raw: str | None, default: str) -> str:
-    """RFC 8707 §2: an absolute URI without a fragment becomes `aud`."""
-    if raw is None:
-        return default
+def resource_uri(raw: str) -> str:
+    """RFC 8707 §2: a `resource` is an absolute URI without a fragment (else invalid_target)."""
     try:
         parts = urlsplit(raw)
     except ValueError:  # e.g. "http://[::1": an unbalanced IPv6 literal
-        raise OAuthError("invalid_target", "resource must be an absolute URI") from None
-    if not parts.scheme or not (parts.netloc or parts.path) or parts.fragment or "#" in raw:
+        parts = None
+    if parts is None or not parts.scheme or not (parts.netloc or parts.path) or "#" in raw:
         raise OAuthError("invalid_target", "resource must be an absolute URI without a fragment")
     return raw
+
+
+def resource_audience(raw: str | None, default: str) -> str:
+    """The `aud` of a token: the requested resource, else the default."""
+    return default if raw is None else resource_uri(raw)
 
 
 class ClientCredentialsGrant:

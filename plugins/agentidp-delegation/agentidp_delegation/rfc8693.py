@@ -13,9 +13,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
 
-from agentidp_server import IdP, InvalidToken, OAuthError, TokenRequest
+from agentidp_server import IdP, InvalidToken, OAuthError, TokenRequest, resource_uri
 
 from agentidp_delegation import chains, store
 from agentidp_delegation.state import count_chain
@@ -85,16 +84,7 @@ def parse(params: Mapping[str, str]) -> Exchange:
         targets.append(audience)
     resource = params.get("resource")
     if resource is not None:
-        # §2.1 / RFC 8707 §2: an absolute URI without a fragment.
-        try:
-            parts: SplitResult | None = urlsplit(resource)
-        except ValueError:  # e.g. "http://[::1": an unbalanced IPv6 literal
-            parts = None
-        if parts is None or not parts.scheme or not (parts.netloc or parts.path) or "#" in resource:
-            raise OAuthError(
-                "invalid_target", "resource must be an absolute URI without a fragment"
-            )
-        targets.append(resource)
+        targets.append(resource_uri(resource))  # §2.1 / RFC 8707 §2
     return Exchange(
         subject_token=subject_token,
         actor_token=actor_token,

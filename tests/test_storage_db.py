@@ -459,3 +459,25 @@ async def test_a_transaction_cancelled_at_any_point_leaves_nothing_open(items: D
         await insert(f"after-{step}", 200 + step)
     names = [r["name"] for r in await items.fetch("SELECT name FROM items ORDER BY name")]
     assert [n for n in names if n.startswith("after-")] == sorted(f"after-{s}" for s in range(12))
+
+
+async def test_sqlite_open_waits_for_a_writer_holding_the_file(tmp_path: Any) -> None:
+    """Two workers opening one new file race for WAL mode: the loser waits, not fails."""
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, other.execute, "COMMIT")
+    started = time.monotonic()
+    database = await open_database(f"sqlite:///{path}", statement_timeout=5.0)
+    try:
+        assert time.monotonic() - started >= 0.25
+        assert await database.fetchval("PRAGMA journal_mode") == "wal"
+        assert await database.fetchval("SELECT COUNT(*) FROM t") == 1
+    finally:
+        await database.close()
+        other.close()

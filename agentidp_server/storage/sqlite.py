@@ -93,6 +93,21 @@ class SQLiteConnection:
             await self._cursor(statement, ())
 
 
+async def _wal(conn: aiosqlite.Connection, timeout: float) -> None:
+    """Switch to WAL, retrying while another process holds the lock. Workers opening
+    one new file at once race for it, and SQLite can answer "database is locked" to
+    the switch without waiting its busy timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
 class SQLiteDatabase:
     dialect = "sqlite"
 
@@ -112,7 +127,7 @@ class SQLiteDatabase:
     ) -> SQLiteDatabase:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         conn = await aiosqlite.connect(path, isolation_level=None, timeout=statement_timeout)
-        await conn.execute("PRAGMA journal_mode=WAL")
+        await _wal(conn, statement_timeout)
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute(f"PRAGMA busy_timeout={int(statement_timeout * 1000)}")
         return cls(conn, path, statement_timeout, observer)

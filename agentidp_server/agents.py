@@ -118,7 +118,7 @@ async def get_clients_for_secret(
 ) -> dict[str, ClientRecord]:
     """The hot path of client authentication, for several clients in one round trip:
     per client_id, the agent, its usable client secrets (`credential_id`,
-    `secret_hash`) and its tier; an unknown client_id is absent."""
+    `secret_hash`, `expires_at`) and its tier; an unknown client_id is absent."""
     columns = ", ".join(f"a.{c}" for c in _READ.replace(" ", "").split(","))
     args: list[Any]
     if db.dialect == "postgresql":
@@ -128,7 +128,8 @@ async def get_clients_for_secret(
         match = f"a.client_id IN ({', '.join(f'${i + 2}' for i in range(len(client_ids)))})"
         args = [*client_ids]
     rows = await db.fetch(
-        f"SELECT {columns}, c.credential_id, c.secret_hash, t.tier AS org_tier FROM agents a "
+        f"SELECT {columns}, c.credential_id, c.secret_hash, c.expires_at AS secret_expires_at, "
+        "t.tier AS org_tier FROM agents a "
         "LEFT JOIN credentials c ON c.agent_id = a.agent_id AND c.type = 'client_secret' "
         "AND c.status = 'active' AND (c.expires_at IS NULL OR c.expires_at > $1) "
         "LEFT JOIN tenant_tiers t ON t.org_id = a.org_id "
@@ -144,12 +145,16 @@ async def get_clients_for_secret(
             found[client_id] = (_row(agent), [], row["org_tier"])
         if row["credential_id"] is not None:
             found[client_id][1].append(
-                {"credential_id": row["credential_id"], "secret_hash": row["secret_hash"]}
+                {
+                    "credential_id": row["credential_id"],
+                    "secret_hash": row["secret_hash"],
+                    "expires_at": row["secret_expires_at"],
+                }
             )
     return found
 
 
-_SECRET_COLUMNS = frozenset({"credential_id", "secret_hash", "org_tier"})
+_SECRET_COLUMNS = frozenset({"credential_id", "secret_hash", "secret_expires_at", "org_tier"})
 
 
 async def get_by_id(db: Connection | Database, agent_id: str) -> dict[str, Any] | None:

@@ -160,7 +160,13 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
             await watch.round()
             await asyncio.sleep(float(idp.settings.AUDIT_VERIFY_INTERVAL))
 
+    async def client_cache() -> None:
+        from agentidp_server.oauth.client_lookup import ClientLookup
+
+        await ClientLookup.of(idp).cache.listen_forever(idp)
+
     return [
+        BackgroundTask("client-cache", client_cache),
         BackgroundTask("keys-refresh", keys),
         BackgroundTask("credentials-expiring", expiring),
         BackgroundTask("audit-dispatch", idp.audit.dispatcher.run_forever),

@@ -100,6 +100,14 @@ class IdP:
             await self._db.close()
             self._db = None
 
+    async def settle_client_changes(self) -> None:
+        """Return once this worker's client cache has applied every change committed
+        so far. Call it after committing a change to an agent, its credentials or its
+        organisation's tier, so this process's next request sees the change."""
+        from agentidp_server.oauth.client_lookup import ClientLookup
+
+        await ClientLookup.of(self).cache.settle(self)
+
     def plugin_enabled(self, name: str) -> bool:
         """Whether the plugin published under entry-point name `name` is on."""
         return name in self.hooks.enabled

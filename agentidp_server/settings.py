@@ -73,6 +73,10 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else f"must be greater than 0, got {value!r}"
 
 
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must not be negative, got {value!r}"
+
+
 def _port(value: Any) -> str | None:
     return None if 0 < value < 65536 else f"must be between 1 and 65535, got {value!r}"
 
@@ -160,6 +164,22 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         10.0,
         "Seconds one SQL statement may run before it is cancelled (503)",
         (int, float),
+        _positive,
+    ),
+    Setting(
+        "CLIENT_CACHE_TTL",
+        60.0,
+        "Seconds a worker may reuse a client lookup (PostgreSQL only; changes drop it at "
+        "once through LISTEN/NOTIFY, this bounds it if a notification is lost); 0 turns "
+        "the cache off",
+        (int, float),
+        _not_negative,
+    ),
+    Setting(
+        "CLIENT_CACHE_SIZE",
+        100_000,
+        "Clients each worker keeps in its lookup cache",
+        int,
         _positive,
     ),
     Setting(

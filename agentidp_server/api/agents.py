@@ -122,6 +122,7 @@ async def update(agent_id: str, data: AgentUpdate) -> Response:
     if agent is None or event is None:
         raise ApiError(404, "NOT_FOUND", "agent not found")
     idp.audit.published(event)
+    await idp.settle_client_changes()
     return jsonify(agents.public_view(agent))
 
 
@@ -142,4 +143,5 @@ async def delete(agent_id: str) -> Response:
             target_id=agent_id,
         )
     idp.audit.published(event)
+    await idp.settle_client_changes()
     return Response(status=204)

@@ -81,4 +81,5 @@ async def revoke(agent_id: str, credential_id: str) -> Response:
             details={"agent_id": agent["agent_id"]},
         )
     idp.audit.published(event)
+    await idp.settle_client_changes()
     return Response(status=204)

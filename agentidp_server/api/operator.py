@@ -48,4 +48,5 @@ async def change_tier(org_id: str, data: TierChange) -> Response:
         changed = await tenants.change_tier(idp, conn, org_id, data.tier, "operator-api")
     if not changed:
         raise ApiError(404, "NOT_FOUND", "organisation not found")
+    await idp.settle_client_changes()
     return jsonify(org_id=org_id, tier=data.tier)

@@ -170,21 +170,32 @@ async def authenticate(idp: IdP, params: dict[str, str], endpoint: str) -> Clien
 async def _by_secret(
     idp: IdP, client_id: str, secret: str, method: str, used_basic: bool
 ) -> Client:
-    pepper = idp.settings.CREDENTIAL_PEPPER
-    agent, candidates, tier = (
-        await ClientLookup.of(idp).for_secret(client_id) if client_id else (None, [], None)
+    presented = hash_secret(idp.settings.CREDENTIAL_PEPPER, secret)
+    lookup = ClientLookup.of(idp)
+    (agent, candidates, tier), cached = (
+        await lookup.for_secret(client_id) if client_id else ((None, [], None), False)
     )
+    matched = _match(presented, candidates)
+    if cached and (matched is None or agent is None or agent["status"] != "active"):
+        # A cached answer may only grant: a refusal is read again (a secret created
+        # a moment ago in another process may not have reached this cache yet).
+        (agent, candidates, tier), _ = await lookup.for_secret(client_id, fresh=True)
+        matched = _match(presented, candidates)
     if agent is not None and tier is not None:
         idp.quotas.remember_tier(agent["org_id"], tier)  # read with the client, not again
-    presented = hash_secret(pepper, secret)
-    matched: str | None = None
-    # Compare against every candidate (and a dummy when there is none) in constant time.
-    for candidate in candidates or [{"secret_hash": _DUMMY_HASH, "credential_id": None}]:
-        if hmac.compare_digest(presented, candidate["secret_hash"]) and matched is None:
-            matched = candidate["credential_id"]
     if agent is None or matched is None or agent["status"] != "active":
         raise invalid_client(used_basic)
     return Client(agent, matched, method)
+
+
+def _match(presented: str, candidates: list[dict[str, Any]]) -> str | None:
+    """The credential whose hash is `presented`; every candidate (or a dummy when
+    there is none) is compared in constant time."""
+    matched: str | None = None
+    for candidate in candidates or [{"secret_hash": _DUMMY_HASH, "credential_id": None}]:
+        if hmac.compare_digest(presented, candidate["secret_hash"]) and matched is None:
+            matched = candidate["credential_id"]
+    return matched
 
 
 def _header(token: str) -> dict[str, Any]:

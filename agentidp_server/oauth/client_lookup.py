@@ -2,8 +2,9 @@
 
 Each token request needs its client's agent, secrets and tier. Requests that
 arrive while one lookup is in flight are answered by the next single query,
-so a busy worker pays one database round trip per batch, and every answer is
-still read from the database after the request arrived (no cache to go stale).
+so a busy worker pays one database round trip per batch. On PostgreSQL the
+answers are kept in the worker's `ClientCache`, which notifications keep true
+(client_cache.py); a request may ask for a fresh read past it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from agentidp_server import agents
 from agentidp_server.agents import ClientRecord
 from agentidp_server.batching import Batcher
+from agentidp_server.client_cache import ClientCache
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -25,6 +27,9 @@ class ClientLookup:
     def __init__(self, idp: IdP) -> None:
         self._idp = idp
         self._batches: Batcher[str, ClientRecord] = Batcher(self._fetch, BATCH_MAX)
+        self.cache = ClientCache(
+            float(idp.settings.CLIENT_CACHE_TTL), int(idp.settings.CLIENT_CACHE_SIZE)
+        )
 
     @classmethod
     def of(cls, idp: IdP) -> ClientLookup:
@@ -35,12 +40,20 @@ class ClientLookup:
             lookup = core["client_lookup"] = cls(idp)
         return lookup
 
-    async def for_secret(self, client_id: str) -> ClientRecord:
-        """The agent (None if unknown), its usable client secrets and its tier."""
-        return await self._batches.submit(client_id)
+    async def for_secret(self, client_id: str, fresh: bool = False) -> tuple[ClientRecord, bool]:
+        """The agent (None if unknown), its usable client secrets and its tier;
+        and whether that answer came from the cache (`fresh` skips it)."""
+        cached = None if fresh else self.cache.get(client_id)
+        if cached is not None:
+            return cached, True
+        return await self._batches.submit(client_id), False
 
     async def _fetch(self, client_ids: list[str]) -> list[ClientRecord]:
+        generation = self.cache.generation  # before the read: a change after it spoils the fill
         found = await agents.get_clients_for_secret(self._idp.db, sorted(set(client_ids)))
+        if self.cache.live:
+            for client_id, record in found.items():
+                self.cache.put(client_id, record, generation)
         answers: list[ClientRecord] = []
         seen: set[str] = set()
         for client_id in client_ids:

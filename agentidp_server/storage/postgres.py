@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
@@ -104,9 +104,15 @@ class PostgresDatabase:
     dialect = "postgresql"
 
     def __init__(
-        self, pool: Any, acquire_timeout: float, observer: QueryObserver | None, description: str
+        self,
+        pool: Any,
+        acquire_timeout: float,
+        observer: QueryObserver | None,
+        description: str,
+        url: str = "",
     ) -> None:
         self._pool = pool
+        self._url = url
         self._acquire_timeout = acquire_timeout
         self._observer = observer
         self._waiting = 0
@@ -139,7 +145,7 @@ class PostgresDatabase:
             )
         except _UNAVAILABLE as error:
             raise _translate(error) from error
-        return cls(pool, acquire_timeout, observer, description)
+        return cls(pool, acquire_timeout, observer, description, url)
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[Any]:
@@ -201,6 +207,45 @@ class PostgresDatabase:
 
     async def ping(self) -> None:
         await self.fetchval("SELECT 1")
+
+    @asynccontextmanager
+    async def listen(
+        self, channel: str, on_message: Callable[[str], None], on_lost: Callable[[], None]
+    ) -> AsyncIterator[None]:
+        """LISTEN on a connection of its own (a pooled one would drop it on release).
+
+        `on_message(payload)` runs for each notification, in commit order;
+        `on_lost()` runs as soon as the connection is found dead.
+        """
+        try:
+            conn = await asyncpg.connect(
+                self._url,
+                timeout=self._acquire_timeout,
+                server_settings={"application_name": f"agentidp-listen-{channel}"},
+            )
+        except _UNAVAILABLE as error:
+            raise _translate(error) from error
+
+        def lost(_conn: Any) -> None:
+            on_lost()
+
+        def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            on_message(payload)
+
+        conn.add_termination_listener(lost)
+        try:
+            try:
+                await conn.add_listener(channel, notified)
+            except _UNAVAILABLE as error:
+                raise _translate(error) from error
+            yield
+        finally:
+            # Closing on purpose is not a loss to report.
+            conn.remove_termination_listener(lost)
+            try:
+                await asyncio.wait_for(conn.close(), timeout=self._acquire_timeout)
+            except (TimeoutError, *_UNAVAILABLE):
+                conn.terminate()
 
     async def close(self) -> None:
         try:

@@ -1,0 +1,2 @@
+-- PostgreSQL only: the embedded SQLite store keeps no client cache, so there
+-- is nothing to announce (see 0006_client_changes.postgresql.sql).

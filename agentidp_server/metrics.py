@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -43,6 +44,29 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 POOL_REFRESH_SECONDS = 5.0
 
 blueprint = Blueprint("metrics", __name__)
+
+
+def _pid_known_at_fork() -> None:
+    """In multiprocess mode prometheus_client calls os.getpid() (a system call) on
+    every update, to notice a fork; a pid refreshed at fork gives the same answer
+    for nothing. It must be in place before the first metric value exists: this
+    module is imported before any plugin and before the app registers metrics."""
+    from prometheus_client import values
+
+    pid = os.getpid()
+
+    def forked() -> None:
+        nonlocal pid
+        pid = os.getpid()
+
+    os.register_at_fork(after_in_child=forked)
+    values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
+        process_identifier=lambda: pid
+    )
+
+
+if os.environ.get(MULTIPROC_ENV):
+    _pid_known_at_fork()
 
 
 def _port_or_zero(value: Any) -> str | None:
@@ -195,11 +219,25 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         registry=registry,
         multiprocess_mode="livesum",
     )
-    idp.query_observer = lambda operation, seconds: queries.labels(operation).observe(seconds)
-    idp.command_observer = lambda command, seconds: commands.labels(command).observe(seconds)
+    idp.query_observer = _observer(queries)
+    idp.command_observer = _observer(commands)
     state = idp.state.setdefault("core", {})
     state["http_metrics"] = (requests, duration)
-    state["pool_metrics"] = (active, waiting)
+    state["http_children"] = {}
+    state["pool_metrics"] = [active, waiting, None]  # the gauges and the stats they show
+
+
+def _observer(histogram: Histogram) -> Callable[[str, float], None]:
+    """`observe(label, seconds)`, each label's child looked up once (a lookup takes a lock)."""
+    children: dict[str, Any] = {}
+
+    def observe(label: str, seconds: float) -> None:
+        child = children.get(label)
+        if child is None:
+            child = children[label] = histogram.labels(label)
+        child.observe(seconds)
+
+    return observe
 
 
 def refresh_pool(idp: Any) -> None:
@@ -208,11 +246,14 @@ def refresh_pool(idp: Any) -> None:
     if gauges is None:
         return
     try:
-        in_use, waiting = idp.db.pool_stats()
+        stats = idp.db.pool_stats()
     except RuntimeError:  # storage not open (yet, or any more)
         return
-    gauges[0].set(in_use)
-    gauges[1].set(waiting)
+    # Each set is a write to a memory-mapped file in multiprocess mode: only on change.
+    if gauges[2] != stats:
+        gauges[0].set(stats[0])
+        gauges[1].set(stats[1])
+        gauges[2] = stats
 
 
 @hookimpl
@@ -231,10 +272,19 @@ def observe_request(idp: Any, status: int) -> None:
 
 def observe(idp: Any, method: str, route: str, status: int, started: float) -> None:
     """Count one answered request and its duration (`started`: perf_counter at arrival)."""
-    requests, duration = idp.state["core"]["http_metrics"]
-    labels = (method, route, str(status))
-    requests.labels(*labels).inc()
-    duration.labels(*labels).observe(time.perf_counter() - started)
+    core = idp.state["core"]
+    labels = (method, route, status)
+    children = core["http_children"].get(labels)
+    if children is None:
+        # Label lookups take a lock and build a key: done once per label set.
+        requests, duration = core["http_metrics"]
+        text = (method, route, str(status))
+        children = core["http_children"][labels] = (
+            requests.labels(*text),
+            duration.labels(*text),
+        )
+    children[0].inc()
+    children[1].observe(time.perf_counter() - started)
     refresh_pool(idp)
 
 

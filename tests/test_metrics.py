@@ -13,6 +13,8 @@ import asyncio
 import glob
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -381,3 +383,43 @@ def test_the_supervisor_cleans_up_its_own_directory(serve, tmp_path, monkeypatch
     server.process.send_signal(signal.SIGTERM)
     assert server.wait() == 0
     assert not list(tmp_path.glob("agentidp-metrics-*"))
+
+
+_FORKED_COUNTS = """
+import os, sys
+from agentidp_server import metrics  # installs the pid-at-fork value class
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import values
+
+# The value class asks our pid function, not os.getpid (the point of the change).
+check = values.ValueClass._MmapedValue__check_for_pid_change
+asks = [c.cell_contents for c in check.__closure__ if callable(c.cell_contents)]
+assert [f.__qualname__ for f in asks] == ["_pid_known_at_fork.<locals>.<lambda>"], asks
+
+counter = Counter("forked", "counts", registry=CollectorRegistry())
+counter.inc()
+child = os.fork()
+if child == 0:
+    counter.inc(5)  # the child's own file, starting from zero
+    os._exit(0)
+os.waitpid(child, 0)
+counter.inc()
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+print(registry.get_sample_value("forked_total"))
+print(sorted(n for n in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])))
+print(os.getpid(), child)
+"""
+
+
+def test_multiprocess_values_follow_a_fork(tmp_path):
+    """Workers skip prometheus_client's getpid() per update; a fork must still get its own file."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", _FORKED_COUNTS], env=env, capture_output=True, text=True, check=True
+    )
+    total, files, pids = result.stdout.strip().splitlines()
+    parent, child = pids.split()
+    assert float(total) == 7.0
+    assert files == str(sorted([f"counter_{parent}.db", f"counter_{child}.db"]))

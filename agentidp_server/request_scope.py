@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextvars
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agentidp_server.ids import new_id
 from agentidp_server.logs import request_id_var
 
 
@@ -50,7 +50,7 @@ _current: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
 
 def request_id_from(incoming: str) -> str:
     """The caller's X-Request-Id when it is safe to echo and log, else a new one."""
-    return incoming if _VALID_REQUEST_ID.match(incoming) else str(uuid.uuid4())
+    return incoming if _VALID_REQUEST_ID.match(incoming) else new_id()
 
 
 def begin(method: str, path: str, remote_addr: str | None, headers: Headers) -> RequestScope:

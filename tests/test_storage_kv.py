@@ -362,3 +362,15 @@ async def test_incr_many_survives_a_script_flush(kv: KV, raw_redis: Any) -> None
     # The batch meets NOSCRIPT; it is run again with the script loaded.
     outcomes = await asyncio.gather(*(kv.incr_many([Counter("after-flush")]) for _ in range(5)))
     assert sorted(values[0] for _, values in outcomes) == [2, 3, 4, 5, 6]
+
+
+def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
+    """The hiredis packer must send what redis-py's own asyncio packer would."""
+    from redis.asyncio.connection import Connection
+
+    from agentidp_server.storage.redis_kv import _Connection
+
+    args = ("EVALSHA", "f" * 40, 2, "rate:é", b"\x00raw", 60000, "px", -1, "x" * 7000)
+    ours = b"".join(_Connection().pack_command(*args))
+    assert ours == b"".join(Connection().pack_command(*args))
+    assert type(_Connection()._packer).__name__ == "HiredisRespSerializer"

@@ -18,6 +18,39 @@ from agentidp_server.storage.kv import CommandObserver, Counter, Guard
 
 T = TypeVar("T")
 
+try:  # hiredis (the `fast` extra) packs commands in C; redis.asyncio only parses with it
+    from redis.connection import HiredisRespSerializer
+    from redis.utils import HIREDIS_AVAILABLE
+except ImportError:  # pragma: no cover - a redis-py without the serializer
+    HIREDIS_AVAILABLE = False
+
+
+class _HiredisPacking:
+    """redis-py's own hiredis serializer for the asyncio connection classes. A batch's
+    script call has hundreds of arguments, and the pure-Python packer joins its
+    buffer once per argument."""
+
+    _packer = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self._packer.pack(*args)  # type: ignore[union-attr]
+        return packed
+
+
+class _Connection(_HiredisPacking, redis.Connection):
+    pass
+
+
+class _SSLConnection(_HiredisPacking, redis.SSLConnection):
+    pass
+
+
+def _connection_class(scheme: str) -> dict[str, Any]:
+    if not HIREDIS_AVAILABLE or scheme not in ("redis", "rediss"):
+        return {}
+    return {"connection_class": _SSLConnection if scheme == "rediss" else _Connection}
+
+
 BATCH_MAX = 512  # steps per script run
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
@@ -123,6 +156,7 @@ class RedisKV:
             health_check_interval=10,
             decode_responses=True,
             retry_on_timeout=False,
+            **_connection_class(parts.scheme),
         )
         return cls(client, prefix, observer, description)
 

@@ -223,4 +223,7 @@ class ClientCache:
 
 def _copy(agent: dict[str, Any]) -> dict[str, Any]:
     """An agent record no one else holds (its scopes list and metadata included)."""
-    return {**agent, "scopes": list(agent["scopes"]), "metadata": copy.deepcopy(agent["metadata"])}
+    metadata = agent["metadata"]
+    # Most agents have no metadata: a new {} costs far less than deepcopy's machinery.
+    fresh = {} if type(metadata) is dict and not metadata else copy.deepcopy(metadata)
+    return {**agent, "scopes": list(agent["scopes"]), "metadata": fresh}

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from agentidp_server import request_scope, tenants
@@ -74,7 +74,12 @@ def next_midnight_ms(now_ms: int) -> int:
 
 def month_end_ms(now_ms: int) -> tuple[str, int]:
     """`<year>:<month>` (month without a leading zero, as the runbook) and the month's end."""
-    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    return _month_of_day(now_ms // DAY_MS)  # a UTC day lies in one month: once per day
+
+
+@lru_cache(maxsize=4)
+def _month_of_day(day: int) -> tuple[str, int]:
+    now = datetime.fromtimestamp(day * DAY_MS / 1000, UTC)
     first_next = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
     return f"{now.year}:{now.month}", int(first_next.timestamp() * 1000)
 

@@ -394,3 +394,22 @@ def test_nothing_is_kept_or_served_while_not_listening():
     cache.set_live(False)
     assert cache.get("client") is None
     assert len(cache) == 0
+
+
+def test_an_entry_costs_its_size_not_a_serialiser_buffer():
+    """orjson's result keeps a 4 KiB buffer; 100,000 of them were 800 MB per worker."""
+    import tracemalloc
+
+    cache = ClientCache(ttl=60, size=5000)
+    cache.set_live(True)
+    records = [_record(agent_id=f"a{n}") for n in range(2000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n, record in enumerate(records):
+            cache.put(f"client{n}", record, cache.generation)
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(records)
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == 2000
+    assert per_entry < 1000, per_entry

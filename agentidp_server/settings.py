@@ -168,7 +168,7 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "CLIENT_CACHE_TTL",
-        60.0,
+        300.0,
         "Seconds a worker may reuse a client lookup (PostgreSQL only; changes drop it at "
         "once through LISTEN/NOTIFY, this bounds it if a notification is lost); 0 turns "
         "the cache off",

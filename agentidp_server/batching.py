@@ -33,13 +33,6 @@ class Batcher(Generic[T, R]):
         self._max_size = max_size
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._sender: asyncio.Task[None] | None = None
-        self._flight: asyncio.Future[None] | None = None  # done when the batch in flight is
-
-    async def in_step(self) -> None:
-        """Return when the batch now in flight (if any) has been answered."""
-        flight = self._flight
-        if flight is not None and not flight.done():
-            await asyncio.shield(flight)
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -55,7 +48,6 @@ class Batcher(Generic[T, R]):
         while self._waiting:
             size = self._max_size
             batch, self._waiting = self._waiting[:size], self._waiting[size:]
-            self._flight = asyncio.get_running_loop().create_future()
             try:
                 outcomes = await self._run([item for item, _ in batch])
             except asyncio.CancelledError:
@@ -64,8 +56,6 @@ class Batcher(Generic[T, R]):
                 raise
             except Exception as error:
                 outcomes = [error] * len(batch)
-            finally:
-                self._flight.set_result(None)
             for (_, done), outcome in zip(batch, outcomes, strict=True):
                 if done.done():
                     continue  # its caller was cancelled; the work is done all the same

@@ -93,31 +93,3 @@ def test_a_new_event_loop_gets_a_new_sender() -> None:
 
     assert asyncio.run(once(1)) == 10
     assert asyncio.run(once(2)) == 20
-
-
-async def test_in_step_waits_for_the_batch_in_flight_and_only_for_it() -> None:
-    recorder = Recorder()
-    batcher: Batcher[int, int] = Batcher(recorder.run, max_size=100)
-    await asyncio.wait_for(batcher.in_step(), 0.1)  # nothing in flight: at once
-    first = asyncio.create_task(batcher.submit(1))
-    await asyncio.sleep(0)  # the batch holding item 1 is in flight
-    follower = asyncio.create_task(batcher.in_step())
-    await asyncio.sleep(0.05)
-    assert not follower.done()
-    recorder.release.set()
-    await asyncio.wait_for(follower, 1.0)
-    assert first.done()
-    assert await first == 10
-    await asyncio.wait_for(batcher.in_step(), 0.1)  # answered: nothing to wait for
-
-
-async def test_a_cancelled_follower_leaves_the_batch_alone() -> None:
-    recorder = Recorder()
-    batcher: Batcher[int, int] = Batcher(recorder.run, max_size=100)
-    first = asyncio.create_task(batcher.submit(1))
-    await asyncio.sleep(0)
-    follower = asyncio.create_task(batcher.in_step())
-    await asyncio.sleep(0)
-    follower.cancel()
-    recorder.release.set()
-    assert await first == 10

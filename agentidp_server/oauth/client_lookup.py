@@ -26,7 +26,9 @@ _UNKNOWN: ClientRecord = (None, [], None)
 class ClientLookup:
     def __init__(self, idp: IdP) -> None:
         self._idp = idp
-        self._batches: Batcher[str, ClientRecord] = Batcher(self._fetch, BATCH_MAX)
+        self._batches: Batcher[tuple[str, ClientRecord | None], ClientRecord] = Batcher(
+            self._fetch, BATCH_MAX
+        )
         self.cache = ClientCache(
             float(idp.settings.CLIENT_CACHE_TTL), int(idp.settings.CLIENT_CACHE_SIZE)
         )
@@ -44,22 +46,26 @@ class ClientLookup:
         """The agent (None if unknown), its usable client secrets and its tier;
         and whether that answer came from the cache (`fresh` skips it)."""
         cached = None if fresh else self.cache.get(client_id)
-        if cached is not None:
-            # Go on with the lookup in flight, if any: a hit that ran ahead would take
-            # the next Redis and audit round trips with fewer requests to share them.
-            await self._batches.in_step()
-            return cached, True
-        return await self._batches.submit(client_id), False
+        # A hit still goes through the batcher, answered with the batch's misses: hits
+        # that ran ahead would take the next Redis and audit round trips with fewer
+        # requests to share them. A batch of hits alone sends no query.
+        return await self._batches.submit((client_id, cached)), cached is not None
 
-    async def _fetch(self, client_ids: list[str]) -> list[ClientRecord]:
-        generation = self.cache.generation  # before the read: a change after it spoils the fill
-        found = await agents.get_clients_for_secret(self._idp.db, sorted(set(client_ids)))
-        if self.cache.live:
-            for client_id, record in found.items():
-                self.cache.put(client_id, record, generation)
+    async def _fetch(self, items: list[tuple[str, ClientRecord | None]]) -> list[ClientRecord]:
+        misses = sorted({client_id for client_id, cached in items if cached is None})
+        found: dict[str, ClientRecord] = {}
+        if misses:
+            generation = self.cache.generation  # before the read: a later change spoils it
+            found = await agents.get_clients_for_secret(self._idp.db, misses)
+            if self.cache.live:
+                for client_id, record in found.items():
+                    self.cache.put(client_id, record, generation)
         answers: list[ClientRecord] = []
         seen: set[str] = set()
-        for client_id in client_ids:
+        for client_id, cached in items:
+            if cached is not None:
+                answers.append(cached)  # already a private copy
+                continue
             agent, secrets, tier = found.get(client_id, _UNKNOWN)
             if client_id in seen and agent is not None:
                 # Two requests of one client in a batch: neither may see the other's copy.

@@ -16,6 +16,7 @@ from agentidp_server.agents import ADMIN_SCOPES
 from agentidp_server.background import BackgroundTask
 from agentidp_server.hookspecs import hookimpl
 from agentidp_server.ids import now_ms
+from agentidp_server.metrics import labelled
 from agentidp_server.migrations import MigrationSet
 from agentidp_server.settings import KERNEL_SETTINGS, Setting
 
@@ -67,8 +68,11 @@ def register_grant_types(idp: IdP) -> list[GrantType]:
 @hookimpl
 def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
     state = idp.state.setdefault("core", {})
-    state["tokens_issued"] = Counter(
-        "agentidp_tokens_issued_total", "OAuth 2.0 tokens issued", ["scope"], registry=registry
+    # The two counted on every token are kept as `labelled` child lookups.
+    state["tokens_issued"] = labelled(
+        Counter(
+            "agentidp_tokens_issued_total", "OAuth 2.0 tokens issued", ["scope"], registry=registry
+        )
     )
     state["agents_registered"] = Counter(
         "agentidp_agents_registered_total",
@@ -79,11 +83,13 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
     state["rate_limit_hits"] = Counter(
         "agentidp_rate_limit_hits_total", "Rate limit rejections", ["client_id"], registry=registry
     )
-    state["tenant_api_calls"] = Counter(
-        "agentidp_tenant_api_calls_total",
-        "API calls per tenant per tier",
-        ["org_id", "tier"],
-        registry=registry,
+    state["tenant_api_calls"] = labelled(
+        Counter(
+            "agentidp_tenant_api_calls_total",
+            "API calls per tenant per tier",
+            ["org_id", "tier"],
+            registry=registry,
+        )
     )
     state["billing_limit_rejections"] = Counter(
         "agentidp_billing_limit_rejections_total",

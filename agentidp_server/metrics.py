@@ -219,25 +219,26 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         registry=registry,
         multiprocess_mode="livesum",
     )
-    idp.query_observer = _observer(queries)
-    idp.command_observer = _observer(commands)
+    queried, commanded = labelled(queries), labelled(commands)
+    idp.query_observer = lambda operation, seconds: queried(operation).observe(seconds)
+    idp.command_observer = lambda command, seconds: commanded(command).observe(seconds)
     state = idp.state.setdefault("core", {})
-    state["http_metrics"] = (requests, duration)
-    state["http_children"] = {}
+    state["http_metrics"] = (labelled(requests), labelled(duration))
     state["pool_metrics"] = [active, waiting, None]  # the gauges and the stats they show
 
 
-def _observer(histogram: Histogram) -> Callable[[str, float], None]:
-    """`observe(label, seconds)`, each label's child looked up once (a lookup takes a lock)."""
-    children: dict[str, Any] = {}
+def labelled(metric: Any) -> Callable[..., Any]:
+    """`child(*label_values)`, each label set's child looked up once: prometheus_client's
+    `labels()` takes a lock and builds a key on every call (several per token)."""
+    children: dict[tuple[str, ...], Any] = {}
 
-    def observe(label: str, seconds: float) -> None:
-        child = children.get(label)
-        if child is None:
-            child = children[label] = histogram.labels(label)
-        child.observe(seconds)
+    def child(*values: str) -> Any:
+        found = children.get(values)
+        if found is None:
+            found = children[values] = metric.labels(*values)
+        return found
 
-    return observe
+    return child
 
 
 def refresh_pool(idp: Any) -> None:
@@ -272,19 +273,10 @@ def observe_request(idp: Any, status: int) -> None:
 
 def observe(idp: Any, method: str, route: str, status: int, started: float) -> None:
     """Count one answered request and its duration (`started`: perf_counter at arrival)."""
-    core = idp.state["core"]
-    labels = (method, route, status)
-    children = core["http_children"].get(labels)
-    if children is None:
-        # Label lookups take a lock and build a key: done once per label set.
-        requests, duration = core["http_metrics"]
-        text = (method, route, str(status))
-        children = core["http_children"][labels] = (
-            requests.labels(*text),
-            duration.labels(*text),
-        )
-    children[0].inc()
-    children[1].observe(time.perf_counter() - started)
+    requests, duration = idp.state["core"]["http_metrics"]
+    labels = (method, route, str(status))
+    requests(*labels).inc()
+    duration(*labels).observe(time.perf_counter() - started)
     refresh_pool(idp)
 
 

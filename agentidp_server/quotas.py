@@ -224,7 +224,7 @@ class Quotas:
             raise self._over_rate(client_id, rate, end, now)
         counter = self._metric("tenant_api_calls")
         if counter is not None:
-            counter.labels(self._label(org_id), tier).inc()
+            counter(self._label(org_id), tier).inc()
         if calls.limit > 0 and values[1] > calls.limit:
             raise self._over_tier(org_id, "calls", tier, calls)
         window = Window(rate.limit, max(rate.limit - values[0], 0), -(-end // 1000))

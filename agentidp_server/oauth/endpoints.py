@@ -96,7 +96,7 @@ async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
         body.update(await idp.hooks.token_response(idp, context))
     counter = idp.state["core"].get("tokens_issued")
     if counter is not None:
-        counter.labels(body.get("scope", "")).inc()
+        counter(body.get("scope", "")).inc()
     return body
 
 

@@ -57,9 +57,8 @@ class ClientLookup:
         if misses:
             generation = self.cache.generation  # before the read: a later change spoils it
             found = await agents.get_clients_for_secret(self._idp.db, misses)
-            if self.cache.live:
-                for client_id, record in found.items():
-                    self.cache.put(client_id, record, generation)
+            for client_id, record in found.items():
+                self.cache.put(client_id, record, generation)  # kept only while live
         answers: list[ClientRecord] = []
         seen: set[str] = set()
         for client_id, cached in items:

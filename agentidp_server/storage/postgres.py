@@ -109,7 +109,7 @@ class PostgresDatabase:
         acquire_timeout: float,
         observer: QueryObserver | None,
         description: str,
-        url: str = "",
+        url: str,
     ) -> None:
         self._pool = pool
         self._url = url

@@ -67,7 +67,9 @@ async def test_cache_is_live_on_postgresql_only(agentidp_client, agentidp_idp):
         assert cached is None
 
 
-async def test_cached_client_is_answered_without_a_query(agentidp_client, agentidp_idp):
+async def test_cached_client_is_answered_without_a_query(
+    agentidp_client, agentidp_idp, monkeypatch
+):
     _, credential, _ = await _cached_agent(agentidp_client, agentidp_idp)
     lookups: list[str] = []
     original = agents.get_clients_for_secret
@@ -76,16 +78,10 @@ async def test_cached_client_is_answered_without_a_query(agentidp_client, agenti
         lookups.extend(client_ids)
         return await original(db, client_ids)
 
-    agents_module: Any = agents
-    agents_module.get_clients_for_secret = counting
-    try:
-        for _ in range(3):
-            assert (
-                await _status(agentidp_client, credential["client_id"], credential["client_secret"])
-                == 200
-            )
-    finally:
-        agents_module.get_clients_for_secret = original
+    monkeypatch.setattr(agents, "get_clients_for_secret", counting)
+    client_id, secret = credential["client_id"], credential["client_secret"]
+    for _ in range(3):
+        assert await _status(agentidp_client, client_id, secret) == 200
     expected = [] if agentidp_idp.db.dialect == "postgresql" else [credential["client_id"]] * 3
     assert lookups == expected
 
@@ -246,26 +242,15 @@ async def test_lost_notifications_turn_the_cache_off_until_reconnected(
 
 
 @pg_only
-async def test_ttl_zero_turns_the_cache_off(agentidp_storage, tmp_path):
-    from agentidp_server.app import create_app
-    from agentidp_server.settings import load_settings
-
-    settings = load_settings(
-        env="test",
-        overrides={"DATA_DIR": str(tmp_path), **agentidp_storage, "CLIENT_CACHE_TTL": 0},
-        environ={},
-    )
-    app = create_app(settings)
-    async with app.test_app() as test_app:
-        idp = test_app.app.extensions["agentidp"]
-        client = test_app.test_client()
-        org = await make_org(idp)
-        for _ in range(2):
-            assert await _status(client, org["client_id"], org["client_secret"]) == 200
-        await asyncio.sleep(0.5)
-        assert not _cache(idp).live
-        assert _cache(idp).get(org["client_id"]) is None
-        assert await _listeners(idp) == 0  # it never even connected
+@pytest.mark.parametrize("agentidp_overrides", [{"CLIENT_CACHE_TTL": 0}])
+async def test_ttl_zero_turns_the_cache_off(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    for _ in range(2):
+        assert await _status(agentidp_client, org["client_id"], org["client_secret"]) == 200
+    await asyncio.sleep(0.5)
+    assert not _cache(agentidp_idp).live
+    assert _cache(agentidp_idp).get(org["client_id"]) is None
+    assert await _listeners(agentidp_idp) == 0  # it never even connected
 
 
 async def _listeners(idp: Any) -> int:

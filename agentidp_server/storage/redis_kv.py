@@ -30,7 +30,8 @@ class _HiredisPacking:
     script call has hundreds of arguments, and the pure-Python packer joins its
     buffer once per argument."""
 
-    _packer = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+    # redis-py 8 leaves its constructor unannotated.
+    _packer = HiredisRespSerializer() if HIREDIS_AVAILABLE else None  # type: ignore[no-untyped-call]
 
     def pack_command(self, *args: Any) -> list[bytes]:
         packed: list[bytes] = self._packer.pack(*args)  # type: ignore[union-attr]

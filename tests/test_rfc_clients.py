@@ -4,6 +4,8 @@ its access tokens against the published JWKS."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
-from joserfc import jwk
+from joserfc import jwk, jws
 
 from agentidp_server.testkit import admin_headers, make_agent, make_org
 
@@ -186,3 +188,72 @@ async def test_pyjwt_rejects_a_token_for_another_audience(
     assert claims["aud"] == "https://api.example.com/"
     with pytest.raises(jwt.InvalidAudienceError):
         verify_with_pyjwt(token["access_token"], jwks, audience=BASE)
+
+
+async def _key_client(
+    agentidp_app: Any, agentidp_client: Any, agentidp_idp: Any, alg: str
+) -> tuple[dict[str, Any], Any]:
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    agent, _ = await make_agent(agentidp_client, headers)
+    key = _private_key(alg)
+    response = await agentidp_client.post(
+        f"/api/v1/agents/{agent['agent_id']}/credentials",
+        json={"type": "private_key_jwt", "jwk": dict(key.as_dict(private=False))},
+        headers=headers,
+    )
+    assert response.status_code == 201, await response.get_json()
+    return agent, key
+
+
+@pytest.mark.parametrize("audience", ["token_endpoint", "issuer"])
+async def test_authlib_private_key_jwt_with_one_audience_everywhere(
+    agentidp_app, agentidp_client, agentidp_idp, http, metadata, audience
+):
+    """RFC 7523 §3: `PrivateKeyJWT(token_endpoint)` puts the token endpoint's URL in
+    every assertion's `aud`, also at introspection and revocation."""
+    agent, key = await _key_client(agentidp_app, agentidp_client, agentidp_idp, "ES256")
+    client = oauth_client(agentidp_app, agent["client_id"], key, "private_key_jwt")
+    aud = metadata["token_endpoint"] if audience == "token_endpoint" else metadata["issuer"]
+    client.register_client_auth_method(PrivateKeyJWT(aud, alg="ES256"))
+    async with client:
+        await _lifecycle(client, http, metadata, agent)
+
+
+async def test_private_key_jwt_for_another_endpoint_is_refused(
+    agentidp_app, agentidp_client, agentidp_idp, http, metadata
+):
+    agent, key = await _key_client(agentidp_app, agentidp_client, agentidp_idp, "ES256")
+    client = oauth_client(agentidp_app, agent["client_id"], key, "private_key_jwt")
+    # The revocation endpoint's URL is not an audience of the introspection endpoint.
+    client.register_client_auth_method(PrivateKeyJWT(metadata["revocation_endpoint"], alg="ES256"))
+    async with client:
+        response = await client.introspect_token(
+            metadata["introspection_endpoint"], token="anything"
+        )
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400])
+async def test_assertion_with_a_non_finite_exp_is_invalid_client(
+    agentidp_app, agentidp_client, agentidp_idp, http, metadata, exp
+):
+    """Python's json reads NaN and Infinity; such an `exp` is refused, not a 500."""
+    agent, key = await _key_client(agentidp_app, agentidp_client, agentidp_idp, "ES256")
+    client_id = agent["client_id"]
+    payload = (
+        f'{{"iss": "{client_id}", "sub": "{client_id}", "aud": "{metadata["token_endpoint"]}",'
+        f' "jti": "{uuid.uuid4()}", "iat": {int(time.time())}, "exp": {exp}}}'
+    )
+    assertion = jws.serialize_compact({"alg": "ES256"}, payload.encode(), key)
+    response = await http.post(
+        metadata["token_endpoint"],
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        },
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_client"

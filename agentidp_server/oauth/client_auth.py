@@ -10,10 +10,11 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import unquote_plus
 
 from joserfc import jwk, jwt
@@ -32,6 +33,8 @@ ASSERTION_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 # send by default (Authlib: iat + 3600) and what Okta allows.
 MAX_ASSERTION_LIFETIME = 3600
 CLOCK_SKEW = 30
+# The token endpoint's path (oauth/endpoints.py's TOKEN_PATH, which imports this module).
+TOKEN_ENDPOINT_PATH = "/api/v1/token"  # noqa: S105 - a path, not a secret
 # Hashed when the client is unknown so that path costs the same as a wrong secret.
 _DUMMY_HASH = "0" * 64
 
@@ -248,6 +251,13 @@ async def _by_assertion(idp: IdP, params: dict[str, str], endpoint: str) -> Clie
     return Client(agent, matched, "private_key_jwt")
 
 
+def _finite_number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number that is neither NaN nor infinite (bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
 async def _check_assertion_claims(
     idp: IdP, claims: dict[str, Any], client_id: str, endpoint: str
 ) -> None:
@@ -255,17 +265,21 @@ async def _check_assertion_claims(
     # RFC 7523 §3: iss and sub are the client_id; aud names this server.
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
         raise invalid_client(False)
+    # RFC 7523 §3 item 3: the issuer, the token endpoint or this endpoint, at every
+    # endpoint (clients such as Authlib's PrivateKeyJWT send the token endpoint's URL).
+    accepted = {idp.issuer, idp.issuer + TOKEN_ENDPOINT_PATH, endpoint}
     audience = claims.get("aud")
     audiences = audience if isinstance(audience, list) else [audience]
-    if not {idp.issuer, endpoint} & {a for a in audiences if isinstance(a, str)}:
+    if not accepted & {a for a in audiences if isinstance(a, str)}:
         raise invalid_client(False)
     exp = claims.get("exp")
-    if not isinstance(exp, int | float) or exp <= now - CLOCK_SKEW:
+    # json accepts NaN and Infinity; NaN passes every comparison below (issue 25 item 5).
+    if not _finite_number(exp) or exp <= now - CLOCK_SKEW:
         raise invalid_client(False)
     if exp > now + MAX_ASSERTION_LIFETIME:
         raise invalid_client(False)
     nbf = claims.get("nbf")
-    if isinstance(nbf, int | float) and nbf > now + CLOCK_SKEW:
+    if nbf is not None and (not _finite_number(nbf) or nbf > now + CLOCK_SKEW):
         raise invalid_client(False)
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 256:

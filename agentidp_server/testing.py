@@ -30,6 +30,15 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 BACKENDS = ("sqlite", "postgres")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Give subprocesses the session's `pythonpath` entries (test-only plugins such as
+    the hello fixture, which is never installed into the venv)."""
+    extra = [str(path) for path in config.getini("pythonpath")]
+    if extra:
+        inherited = os.environ.get("PYTHONPATH", "")
+        os.environ["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [inherited])])
+
+
 def services_required() -> bool:
     return os.environ.get("AGENTIDP_TEST_REQUIRE_SERVICES", "") in ("1", "true", "yes")
 

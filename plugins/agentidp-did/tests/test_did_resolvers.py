@@ -4,8 +4,9 @@
 an ingress would be) with a certificate for `localhost` issued by a throwaway
 CA made here with `cryptography`. The resolvers are the DIF/Ceramic JavaScript
 libraries (`did-resolver`, `web-did-resolver`, `key-did-resolver`) and
-`did-jwt` for JWT verification, installed by npm into a cache directory
-outside the repository; Node trusts the CA through NODE_EXTRA_CA_CERTS.
+`did-jwt` for JWT verification, downloaded from the npm registry on the first
+run into the repository's ignored `.cache/npm/` (or AGENTIDP_DID_NODE_CACHE);
+Node trusts the CA through NODE_EXTRA_CA_CERTS.
 Slow: starts a server process (and Node) per test.
 """
 
@@ -76,9 +77,12 @@ def free_port() -> int:
 # Node resolver ---------------------------------------------------------------
 
 
+# The repository's own ignored folder (.gitignore), so the tests write nothing under $HOME.
+REPO_CACHE = Path(__file__).resolve().parents[3] / ".cache" / "npm"
+
+
 def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(os.environ.get("AGENTIDP_DID_NODE_CACHE", Path(base) / "agentidp-did-tests"))
+    return Path(os.environ.get("AGENTIDP_DID_NODE_CACHE", REPO_CACHE))
 
 
 def _install_node_packages(npm: str) -> Path:
@@ -91,9 +95,12 @@ def _install_node_packages(npm: str) -> Path:
         return target
     staging = Path(tempfile.mkdtemp(dir=root, prefix="staging-"))
     (staging / "package.json").write_text('{"private": true, "type": "module"}\n')
+    # npm's own download cache too (its default is ~/.npm).
+    env = {**os.environ, "npm_config_cache": str(root / "npm-cache")}
     result = subprocess.run(
         [npm, *NPM_INSTALL, *NODE_PACKAGES],
         cwd=staging,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -126,6 +133,17 @@ def node_resolver() -> Path:
     if not script.exists() or script.read_bytes() != HARNESS.read_bytes():
         shutil.copyfile(HARNESS, script)
     return target
+
+
+def test_npm_packages_are_cached_in_the_repositorys_ignored_folder() -> None:
+    root = REPO_CACHE.parents[1]
+    assert (root / "pyproject.toml").exists()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(REPO_CACHE / "node-x" / "package.json")],
+        cwd=root,
+        check=False,
+    )
+    assert ignored.returncode == 0, ".cache/ must be in .gitignore"
 
 
 def run_node(directory: Path, ca: Path | None, request: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def _user_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_a_users_agentidp_plugins_does_not_list_the_hello_fixture(tmp_path):
+def test_a_users_agentidp_plugins_does_not_list_the_hello_fixture(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(AGENTIDP), "plugins"],
         env=_user_env(tmp_path),
@@ -37,6 +37,6 @@ def test_a_users_agentidp_plugins_does_not_list_the_hello_fixture(tmp_path):
     assert "hello" not in names, result.stdout
 
 
-def test_the_session_passes_the_fixture_on_to_subprocesses():
+def test_the_session_passes_the_fixture_on_to_subprocesses() -> None:
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     assert str(FIXTURES / "agentidp-hello") in paths

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +155,37 @@ def test_examples_against_a_live_server(tmp_path: Path, server: str) -> None:
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     decision = _run(tmp_path, "resource_server.py", forged, "pay", **rs_env)
     assert decision["local"]["allowed"] is False
+
+
+def _quick_start(port: str) -> str:
+    """The README's quick-start commands, pointed at `port` instead of 3000."""
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Quick start") : readme.index("## Tests")]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) >= 5
+    return "set -euo pipefail\n" + "\n".join(
+        textwrap.dedent(block).replace("localhost:3000", f"localhost:{port}") for block in blocks
+    )
+
+
+def test_readme_quick_start_runs_as_written(tmp_path: Path, server: str) -> None:
+    missing = [tool for tool in ("bash", "curl", "jq") if shutil.which(tool) is None]
+    assert not missing, f"the README's quick start needs {missing}"
+    env = _env(tmp_path)
+    # As after `. .venv/bin/activate`: agentidp and python are the venv's.
+    env["PATH"] = f"{AGENTIDP.parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        ["bash", "-c", _quick_start(server.rsplit(":", 1)[1])],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    answers = [json.loads(line) for line in result.stdout.replace("}{", "}\n{").splitlines()]
+    tokens = [answer for answer in answers if "access_token" in answer]
+    # The client-secret token (scope read) and the private_key_jwt token.
+    assert [t["scope"] for t in tokens] == ["read", "read write"], result.stdout
+    assert all(t["token_type"] == "Bearer" for t in tokens)

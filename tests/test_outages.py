@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from agentidp_server.app import create_app
+from agentidp_server.oauth.rfc9068 import SYNC_MARKER, access_token_claims
+from agentidp_server.settings import load_settings
 from agentidp_server.storage import StorageUnavailable, open_database
 from agentidp_server.testing import Services
+from agentidp_server.testkit import basic, make_org, token
 from tests.faultproxy import FaultProxy
 from tests.test_health import _add_storage_routes, _ready, _require, _settings
+
+INTROSPECT = "/api/v1/token/introspect"
+REVOKE = "/api/v1/token/revoke"
 
 
 @pytest.fixture
@@ -116,3 +123,84 @@ async def test_request_during_db_blackhole_is_503_in_the_api_shape(
             assert body["code"] == "SERVICE_UNAVAILABLE"
             assert body["request_id"] == f"bh-{i}"
         await pg_proxy.down()
+
+
+# --- Redis cut: a revocation made during the outage holds ----------------------------
+
+
+@pytest.fixture
+async def redis_proxy(agentidp_services: Services) -> AsyncIterator[FaultProxy]:
+    _require(agentidp_services)
+    async with FaultProxy.for_url(agentidp_services.redis_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def kv_proxied(
+    agentidp_storage: dict[str, Any],
+    agentidp_services: Services,
+    redis_proxy: FaultProxy,
+    tmp_path: Any,
+) -> AsyncIterator[tuple[Any, Any]]:
+    """The app on either database backend, with real Redis behind the proxy."""
+    overrides = {
+        "DATA_DIR": str(tmp_path),
+        "ACCESS_LOG": False,
+        "REDIS_KEY_PREFIX": f"agentidp-test:{uuid.uuid4().hex[:12]}:",
+        **{k: v for k, v in agentidp_storage.items() if k == "DATABASE_URL"},
+        "REDIS_URL": redis_proxy.url(agentidp_services.redis_url),
+        "REDIS_TIMEOUT": 1.0,
+    }
+    app = create_app(load_settings(env="test", overrides=overrides, environ={}))
+    async with app.test_app() as test_app:
+        yield test_app.test_client(), test_app.app.extensions["agentidp"]
+
+
+async def test_revocation_during_redis_outage_holds_after_it(
+    kv_proxied: tuple[Any, Any], redis_proxy: FaultProxy, agentidp_backend: str
+) -> None:
+    client, idp = kv_proxied
+    org = await make_org(idp)
+    cid, secret = org["client_id"], org["client_secret"]
+    access = (await token(client, cid, secret))["access_token"]
+    bearer = {"Authorization": f"Bearer {access}"}
+
+    async def introspect() -> dict[str, Any]:
+        response = await client.post(INTROSPECT, form={"token": access}, headers=basic(cid, secret))
+        body: dict[str, Any] = await response.get_json()
+        assert response.status_code == 200, body
+        return body
+
+    # Redis has been in use: the sync marker is set and the kv is trusted.
+    assert (await introspect())["active"] is True
+    assert (await client.get("/api/v1/agents", headers=bearer)).status_code == 200
+    await idp.tokens.resync()
+    assert await idp.kv.exists(SYNC_MARKER)
+
+    await redis_proxy.down()
+    response = await client.post(REVOKE, form={"token": access}, headers=basic(cid, secret))
+    assert response.status_code == 200
+    assert await introspect() == {"active": False}
+    await redis_proxy.up()
+
+    deadline = time.monotonic() + 5
+    while True:  # until Redis answers again
+        try:
+            await idp.kv.ping()
+            break
+        except StorageUnavailable:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    for _ in range(3):
+        assert await introspect() == {"active": False}
+        response = await client.get("/api/v1/agents", headers=bearer)
+        body = await response.get_json()
+        assert response.status_code == 401, body
+        assert body["code"] == "UNAUTHORIZED"
+        assert "revoked" in body["message"]
+    # The process that missed the kv write refills the runbook's copy by itself.
+    jti = access_token_claims(access)["jti"]
+    deadline = time.monotonic() + 10
+    while not await idp.kv.exists(f"revoked:{jti}"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)

@@ -4,6 +4,7 @@ cut Redis. The servers are never touched; tests/faultproxy.py stands between."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from agentidp_server import http
 from agentidp_server.app import create_app
 from agentidp_server.oauth.rfc9068 import SYNC_MARKER, access_token_claims
 from agentidp_server.settings import load_settings
 from agentidp_server.storage import StorageUnavailable, open_database
+from agentidp_server.storage.redis_kv import BREAKER_FAILURES
 from agentidp_server.testing import Services
 from agentidp_server.testkit import basic, make_org, token
 from tests.faultproxy import FaultProxy
@@ -204,3 +207,71 @@ async def test_revocation_during_redis_outage_holds_after_it(
     while not await idp.kv.exists(f"revoked:{jti}"):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+
+
+# --- Redis stalled: the circuit breaker -----------------------------------------------
+
+
+def _fail_open(idp: Any) -> float:
+    return float(idp.registry.get_sample_value("agentidp_rate_limit_fail_open_total", {}) or 0)
+
+
+async def test_stalled_redis_opens_the_breaker_then_recovers(
+    kv_proxied: tuple[Any, Any],
+    redis_proxy: FaultProxy,
+    agentidp_backend: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, idp = kv_proxied
+    org = await make_org(idp)
+    cid, secret = org["client_id"], org["client_secret"]
+    response = await client.post(
+        "/api/v1/token", form={"grant_type": "client_credentials"}, headers=basic(cid, secret)
+    )
+    assert "X-RateLimit-Remaining" in response.headers  # counted in Redis
+
+    logger = logging.getLogger("agentidp")
+    logger.addHandler(caplog.handler)  # configure_logging stops propagation to root
+    http._last_outage_log.clear()
+    try:
+        await redis_proxy.stall()
+        # Each of the first requests waits out REDIS_TIMEOUT (1 s) until the breaker opens.
+        for _ in range(BREAKER_FAILURES):
+            await token(client, cid, secret)
+        assert idp.kv.breaker.is_open
+        before = _fail_open(idp)
+        burst = 10
+        started = time.monotonic()
+        for _ in range(burst):
+            issued = await token(client, cid, secret)  # rate limits fail open
+        elapsed = time.monotonic() - started
+        # A bound, not a timing: without the breaker each request waits >= 1 timeout.
+        assert elapsed < burst * 1.0 / 2, elapsed
+        assert _fail_open(idp) - before >= burst
+        revoke = await client.post(
+            REVOKE, form={"token": issued["access_token"]}, headers=basic(cid, secret)
+        )
+        assert revoke.status_code == 200  # held by the database, whatever the kv
+        introspected = await client.post(
+            INTROSPECT, form={"token": issued["access_token"]}, headers=basic(cid, secret)
+        )
+        assert await introspected.get_json() == {"active": False}
+        outage = [r for r in caplog.records if r.getMessage().startswith("Redis client error")]
+        assert len(outage) == 1, [r.getMessage() for r in caplog.records]
+
+        await redis_proxy.up()
+        deadline = time.monotonic() + 10
+        while True:  # the half-open probe finds Redis again after the cooldown
+            response = await client.post(
+                "/api/v1/token",
+                form={"grant_type": "client_credentials"},
+                headers=basic(cid, secret),
+            )
+            assert response.status_code == 200
+            if "X-RateLimit-Remaining" in response.headers:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        assert not idp.kv.breaker.is_open
+    finally:
+        logger.removeHandler(caplog.handler)

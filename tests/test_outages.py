@@ -275,3 +275,49 @@ async def test_stalled_redis_opens_the_breaker_then_recovers(
         assert not idp.kv.breaker.is_open
     finally:
         logger.removeHandler(caplog.handler)
+
+
+async def test_revocation_one_process_could_not_copy_to_redis_holds_in_another(
+    agentidp_storage: dict[str, Any],
+    agentidp_services: Services,
+    redis_proxy: FaultProxy,
+    tmp_path: Any,
+) -> None:
+    """Process A revokes while Redis is unreachable from A only; process B, which
+    never lost Redis, must refuse the token too (no shared marker can tell it)."""
+    _require(agentidp_services)
+    base = {
+        "DATA_DIR": str(tmp_path),
+        "ACCESS_LOG": False,
+        "REDIS_KEY_PREFIX": f"agentidp-test:{uuid.uuid4().hex[:12]}:",
+        "DATABASE_URL": agentidp_storage["DATABASE_URL"],
+        "REDIS_TIMEOUT": 1.0,
+    }
+    app_a = create_app(
+        load_settings(
+            env="test",
+            overrides={**base, "REDIS_URL": redis_proxy.url(agentidp_services.redis_url)},
+            environ={},
+        )
+    )
+    app_b = create_app(
+        load_settings(
+            env="test", overrides={**base, "REDIS_URL": agentidp_services.redis_url}, environ={}
+        )
+    )
+    async with app_a.test_app() as test_a, app_b.test_app() as test_b:
+        a, b = test_a.test_client(), test_b.test_client()
+        idp_b = test_b.app.extensions["agentidp"]
+        org = await make_org(idp_b)
+        cid, secret = org["client_id"], org["client_secret"]
+        access = (await token(b, cid, secret))["access_token"]
+        await idp_b.tokens.resync()  # B's Redis holds a complete copy and the marker
+
+        await redis_proxy.down()
+        response = await a.post(REVOKE, form={"token": access}, headers=basic(cid, secret))
+        assert response.status_code == 200
+
+        introspected = await b.post(INTROSPECT, form={"token": access}, headers=basic(cid, secret))
+        assert await introspected.get_json() == {"active": False}
+        response = await b.get("/api/v1/agents", headers={"Authorization": f"Bearer {access}"})
+        assert response.status_code == 401, await response.get_json()

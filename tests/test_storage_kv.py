@@ -374,3 +374,35 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
     ours = b"".join(_Connection().pack_command(*args))
     assert ours == b"".join(Connection().pack_command(*args))
     assert type(_Connection()._packer).__name__ == "HiredisRespSerializer"
+
+
+def test_breaker_opens_fails_fast_then_lets_one_probe_through() -> None:
+    import time as _time
+
+    from agentidp_server.storage.redis_kv import Breaker
+
+    breaker = Breaker(failures=3, cooldown=0.05)
+    for _ in range(2):
+        assert breaker.admit()
+        breaker.failed()
+    assert not breaker.is_open
+    assert breaker.admit()
+    breaker.succeeded()  # an answer resets the count: failures must be in a row
+    for _ in range(3):
+        assert breaker.admit()
+        breaker.failed()
+    assert breaker.is_open
+    assert not breaker.admit()
+    _time.sleep(0.06)
+    assert breaker.admit()  # the probe
+    assert not breaker.admit()  # only one at a time
+    breaker.failed()  # a failed probe reopens at once
+    assert not breaker.admit()
+    _time.sleep(0.06)
+    assert breaker.admit()
+    breaker.abandoned()  # a cancelled probe frees the slot
+    assert breaker.admit()
+    breaker.succeeded()
+    assert not breaker.is_open
+    assert breaker.admit()
+    assert breaker.admit()

@@ -24,8 +24,9 @@ log = logging.getLogger("agentidp.tokens")
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068 media type
 SIGNATURE_INVALID = "Token signature is invalid"
-# Present while the kv holds every durable revocation; absent after a flush or restart.
+# Set by a resync to its time: when the kv copy of the revocations was last complete.
 SYNC_MARKER = "agentidp:revocations-synced"
+_REVOKED_SQL = "EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = {jti})"
 
 
 class InvalidToken(Exception):
@@ -148,17 +149,20 @@ class TokenService:
         """Everything `verify_signature` checks, then revocation and the status of
         the agent and credential behind the token (and of every delegation link)."""
         claims = self.verify_signature(token)
-        if await self.is_revoked(claims["jti"]):
-            raise InvalidToken("Token has been revoked")
-        # The agent and the credential behind the token, in one round trip.
+        # Revocation (the durable row, see is_revoked), the agent and the credential
+        # behind the token, in one round trip.
         credential_id = claims.get("credential_id")
         row = await self.idp.db.fetchrow(
             "SELECT a.status, a.org_id, a.tokens_valid_after, "
-            "(SELECT c.status FROM credentials c WHERE c.credential_id = $2) AS credential_status "
+            "(SELECT c.status FROM credentials c WHERE c.credential_id = $2) AS credential_status, "
+            f"{_REVOKED_SQL.format(jti='$3')} AS revoked "
             "FROM agents a WHERE a.agent_id = $1",
             claims["sub"],
             credential_id if isinstance(credential_id, str) else "",
+            claims["jti"],
         )
+        if row is not None and row["revoked"]:
+            raise InvalidToken("Token has been revoked")
         if row is None or row["status"] != "active" or row["org_id"] != claims["org_id"]:
             raise InvalidToken("Token's agent is not active")
         cutoff = row["tokens_valid_after"]
@@ -174,9 +178,17 @@ class TokenService:
         return claims
 
     # Revocation -------------------------------------------------------------
+    #
+    # The revoked_tokens row is the truth, read on every check; `revoked:<jti>` in the
+    # kv is the runbook's copy for operators and outside readers, never trusted here.
+    # Why not the kv plus a "synced" marker: a process that wrote the row while Redis
+    # was unreachable from it cannot tell the others through Redis, so any marker
+    # scheme still needs a database read per check to be correct across processes
+    # (issue 25 item 1). verify() already makes one database round trip, so the row
+    # is one index probe inside it: no extra round trip, and no Redis on the path.
 
     async def revoke(self, claims: dict[str, Any]) -> None:
-        """Durable row first, then the runbook's `revoked:<jti>` for the remaining lifetime."""
+        """Durable row first (the truth), then the runbook's `revoked:<jti>` copy."""
         remaining_ms = int(claims["exp"] * 1000) - now_ms()
         if remaining_ms <= 0:
             return
@@ -196,31 +208,26 @@ class TokenService:
             await self.idp.kv.set(f"revoked:{claims['jti']}", "1", ttl_ms=remaining_ms)
         except StorageUnavailable:
             log.warning("kv unavailable: revocation of %s kept in the database only", claims["jti"])
+            self._schedule_resync()
 
     async def is_revoked(self, jti: str) -> bool:
-        kv = self.idp.kv
-        try:
-            revoked, synced = await kv.get_many(f"revoked:{jti}", SYNC_MARKER)
-            if revoked is not None:
-                return True
-            if synced is not None:
-                return False
-        except StorageUnavailable:
-            pass  # fail closed to the durable store
-        else:
-            self._schedule_resync()
-        return bool(
-            await self.idp.db.fetchval(
-                "SELECT 1 FROM revoked_tokens WHERE jti = $1 AND expires_at > $2", jti, now_ms()
-            )
-        )
+        """Whether the durable store holds a revocation of `jti` (whatever the kv says)."""
+        return bool(await self.idp.db.fetchval(f"SELECT {_REVOKED_SQL.format(jti='$1')}", jti))
 
     def _schedule_resync(self) -> None:
         if self._resync is None or self._resync.done():
-            self._resync = asyncio.create_task(self.resync())
+            self._resync = asyncio.create_task(self._resync_until_done())
 
-    async def resync(self) -> None:
-        """Copy unexpired durable revocations into the kv, then mark it complete."""
+    async def _resync_until_done(self) -> None:
+        """Refill the kv copy once the kv answers again (it missed a revocation)."""
+        delay = 1.0
+        while not await self.resync():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def resync(self) -> bool:
+        """Copy unexpired durable revocations into the kv, then set the marker (the
+        time of the copy, for operators). False when the kv or database is away."""
         try:
             now = now_ms()
             rows = await self.idp.db.fetch(
@@ -231,3 +238,5 @@ class TokenService:
             await self.idp.kv.set(SYNC_MARKER, str(now))
         except StorageUnavailable:
             log.warning("could not resync revocations into the kv; will retry")
+            return False
+        return True

@@ -52,6 +52,12 @@ def _rows_affected(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
+def _drop(conn: Any) -> None:
+    """Terminate a pooled connection; asyncpg has already detached one it saw die."""
+    with suppress(asyncpg.exceptions.InterfaceError):
+        conn.terminate()
+
+
 class PostgresConnection:
     dialect = "postgresql"
 
@@ -158,8 +164,21 @@ class PostgresDatabase:
             self._waiting -= 1
         try:
             yield conn
+        except (asyncio.CancelledError, StorageUnavailable):
+            # The link may be dead mid-query: asyncpg's release would wait for a cancel
+            # request and a reset sent over it (issue 25 item 6); drop the connection.
+            _drop(conn)
+            raise
         finally:
-            await self._pool.release(conn)
+            await self._release(conn)
+
+    async def _release(self, conn: Any) -> None:
+        try:
+            await self._pool.release(conn, timeout=self._acquire_timeout)
+        except (TimeoutError, *_UNAVAILABLE):
+            # The work on it is done; a connection that cannot be reset is only
+            # dropped, never a 500 (issue 25 item 5).
+            _drop(conn)
 
     async def _one(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         async with self._acquire() as conn:
@@ -195,6 +214,8 @@ class PostgresDatabase:
                 if exclusive_lock is not None:
                     await wrapped.execute("SELECT pg_advisory_xact_lock($1)", exclusive_lock)
                 yield wrapped
+            except (asyncio.CancelledError, StorageUnavailable):
+                raise  # _acquire drops the connection, which rolls the transaction back
             except BaseException:
                 with suppress(*_UNAVAILABLE):
                     await tx.rollback()

@@ -119,6 +119,61 @@ return replies
 """
 
 
+# Circuit breaker (issue 25 item 6; docs/operations.md): after this many failed
+# commands in a row the adapter fails fast for BREAKER_COOLDOWN seconds, so a Redis
+# that accepts connections but never answers costs no request a timeout.
+BREAKER_FAILURES = 3
+BREAKER_COOLDOWN = 2.0
+
+
+class Breaker:
+    """Closed, open (every call fails fast) or half-open (one call probes Redis, the
+    others still fail fast; the probe's outcome closes or reopens the circuit)."""
+
+    def __init__(self, failures: int = BREAKER_FAILURES, cooldown: float = BREAKER_COOLDOWN):
+        self.failures = failures
+        self.cooldown = cooldown
+        self._failed = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
+    def admit(self) -> bool:
+        """Whether a call may go to Redis; True for exactly one caller once cooled down."""
+        if self._opened_at is None:
+            return True
+        if self._probing or time.monotonic() - self._opened_at < self.cooldown:
+            return False
+        self._probing = True
+        return True
+
+    def succeeded(self) -> None:
+        self._failed = 0
+        self._opened_at = None
+        self._probing = False
+
+    def failed(self) -> None:
+        self._failed += 1
+        if self._probing or self._failed >= self.failures:
+            self._opened_at = time.monotonic()
+        self._probing = False
+
+    def abandoned(self) -> None:
+        """A call ended without an answer either way (cancelled): free the probe slot."""
+        self._probing = False
+
+
+def _log_outage(error: StorageUnavailable) -> None:
+    # The runbook's "Redis client error" line, rate-limited with the HTTP layer's own
+    # (imported late: the adapter must not pull in the web layer when it is opened).
+    from agentidp_server.http import log_outage
+
+    log_outage(error)
+
+
 def _expiry_args(ttl_ms: int | None, expire_at_ms: int | None) -> list[Any]:
     if ttl_ms is not None:
         return ["px", ttl_ms]
@@ -142,6 +197,7 @@ class RedisKV:
             self._incr_batch, BATCH_MAX
         )
         self.description = description
+        self.breaker = Breaker()
 
     @classmethod
     async def open(
@@ -162,14 +218,30 @@ class RedisKV:
         return cls(client, prefix, observer, description)
 
     async def _call(self, command: str, call: Callable[[], Awaitable[T]]) -> T:
+        breaker = self.breaker
+        if not breaker.admit():
+            error = StorageUnavailable("kv", "circuit open after repeated failures")
+            _log_outage(error)
+            raise error
         started = time.perf_counter()
         try:
-            return await call()
+            result = await call()
         except _UNAVAILABLE as error:
-            raise StorageUnavailable("kv", type(error).__name__) from error
+            breaker.failed()
+            unavailable = StorageUnavailable("kv", type(error).__name__)
+            _log_outage(unavailable)
+            raise unavailable from error
+        except ResponseError:
+            breaker.succeeded()  # Redis answered; the command itself was refused
+            raise
+        except BaseException:
+            breaker.abandoned()
+            raise
         finally:
             if self._observer is not None:
                 self._observer(command, time.perf_counter() - started)
+        breaker.succeeded()
+        return result
 
     def _k(self, key: str) -> str:
         return self._prefix + key

@@ -54,6 +54,7 @@ OAUTH_CASES = [
     (TOKEN + "/introspect", b"token=x&client_id=%00&client_secret=x", FORM),
     (TOKEN + "/revoke", b"token=x&client_id=a%00b&client_secret=x", FORM),
     (TOKEN + "/revoke", b'{"token":"\\udc00","client_id":"x","client_secret":"x"}', JSON),
+    (TOKEN + "/introspect?token_type_hint=%00", b"token=x&client_id=x&client_secret=x", FORM),
 ]  # fmt: skip
 
 

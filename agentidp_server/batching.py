@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from agentidp_server.storage.errors import StorageUnavailable
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -22,8 +24,10 @@ class Batcher(Generic[T, R]):
     """At most one batch in flight per event loop; the rest queue for the next.
 
     `run(items)` performs one batch and returns one outcome per item, in
-    order: a result, or an exception raised to that item's caller alone. An
-    exception raised by `run` itself fails every caller of the batch.
+    order: a result, or an exception raised to that item's caller alone. When
+    `run` itself raises for a batch of several items, each item is run again
+    alone, so that one bad item fails only its own caller; a store that is
+    unavailable fails the whole batch at once (no item is to blame for it).
     """
 
     def __init__(
@@ -49,13 +53,11 @@ class Batcher(Generic[T, R]):
             size = self._max_size
             batch, self._waiting = self._waiting[:size], self._waiting[size:]
             try:
-                outcomes = await self._run([item for item, _ in batch])
+                outcomes = await self._outcomes([item for item, _ in batch])
             except asyncio.CancelledError:
                 for _, done in batch:
                     done.cancel()
                 raise
-            except Exception as error:
-                outcomes = [error] * len(batch)
             for (_, done), outcome in zip(batch, outcomes, strict=True):
                 if done.done():
                     continue  # its caller was cancelled; the work is done all the same
@@ -63,3 +65,24 @@ class Batcher(Generic[T, R]):
                     done.set_exception(outcome)
                 else:
                     done.set_result(outcome)
+
+    async def _outcomes(self, items: list[T]) -> Sequence[R | BaseException]:
+        try:
+            return await self._run(items)
+        except StorageUnavailable as error:
+            # The store is down: one try per item would multiply the wait for nothing.
+            return [error] * len(items)
+        except Exception as error:
+            if len(items) == 1:
+                return [error]
+        # One poisoned item must not fail the callers batched with it (issue 25 item 2).
+        outcomes: list[R | BaseException] = []
+        for item in items:
+            try:
+                outcomes.extend(await self._run([item]))
+            except StorageUnavailable as error:
+                outcomes += [error] * (len(items) - len(outcomes))
+                break
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes

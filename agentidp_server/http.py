@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -9,11 +10,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from quart import Quart, Response, jsonify, request
+from flask.json.provider import JSONProvider
+from quart import Quart, Request, Response, jsonify, request
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
 from agentidp_server import request_scope
+from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.quotas import RateLimited
 from agentidp_server.storage.errors import StorageUnavailable
 
@@ -77,6 +80,109 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Deeper than any body the API takes; stops a 30,000-deep body before it recurses.
+MAX_JSON_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def hostile(text: str) -> bool:
+    """NUL (PostgreSQL text cannot hold it) or a lone surrogate (no UTF-8 encoding)."""
+    # Most values are ASCII: one C-speed scan each, the regex only for the rest.
+    return "\x00" in text or (not text.isascii() and _SURROGATE.search(text) is not None)
+
+
+class BadJson(ValueError):
+    """A body refused by `strict_loads`; `code` is the management API's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in data:
+            # As a repeated form parameter is refused (RFC 6749 §3.2): no silent last-wins.
+            message = f"request body is not valid JSON: key {name[:64]!r} is repeated"
+            raise BadJson("INVALID_JSON", message)
+        data[name] = value
+    return data
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """JSON with unique keys, at most MAX_JSON_DEPTH deep, without NUL or lone surrogates."""
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise BadJson("INVALID_JSON", _too_deep()) from None
+    except json.JSONDecodeError as error:
+        raise BadJson("INVALID_JSON", f"request body is not valid JSON: {error}") from None
+    except UnicodeDecodeError:
+        raise BadJson("INVALID_JSON", "request body is not valid UTF-8") from None
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if hostile(value):
+                raise BadJson("INVALID_INPUT", _HOSTILE_BODY)
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise BadJson("INVALID_JSON", _too_deep())
+            items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+            for key, item in items:
+                if key is not None and hostile(key):
+                    raise BadJson("INVALID_INPUT", _HOSTILE_BODY)
+                stack.append((item, depth + 1))
+    return data
+
+
+_HOSTILE_BODY = "request body contains a NUL character or a lone surrogate"
+
+
+def _too_deep() -> str:
+    return f"request body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+class _StrictJson(JSONProvider):
+    """What `Request.get_json` parses with (quart-schema owns `app.json`, for responses)."""
+
+    def __init__(self) -> None:
+        pass  # parsing needs no app
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return strict_loads(s)
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return json.dumps(obj, **kwargs)
+
+
+_STRICT_JSON = _StrictJson()
+
+
+class StrictRequest(Request):
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        # The API's error shape and a message about JSON, not werkzeug's default text.
+        if isinstance(error, BadJson):
+            raise ApiError(400, error.code, error.message)
+        raise ApiError(400, "INVALID_JSON", f"request body is not valid JSON: {error}")
+
+
+def _refuse_hostile_request() -> None:
+    """Path and query values with NUL or lone surrogates, refused before any view runs."""
+    where = None
+    if hostile(request.path):
+        where = "the path"
+    elif any(hostile(k) or hostile(v) for k, v in request.args.items(multi=True)):
+        where = "a query parameter"
+    if where is not None:
+        message = f"{where} contains a NUL character or a lone surrogate"
+        if request.blueprint == "oauth":
+            raise OAuthError("invalid_request", message)
+        raise ApiError(400, "INVALID_INPUT", message)
+
+
 def _code(name: str) -> str:
     return re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
 
@@ -84,9 +190,21 @@ def _code(name: str) -> str:
 def install(app: Quart, settings: Any) -> None:
     access_log, structured = bool(settings.ACCESS_LOG), settings.LOG_FORMAT == "json"
 
+    app.request_class = StrictRequest
+
     @app.before_request
     async def assign_request_id() -> None:
         request_scope.begin(request.method, request.path, request.remote_addr, request.headers)
+
+    @app.before_request
+    async def refuse_hostile_input() -> None:
+        # Quart hands each request app.json (quart-schema's, made for responses).
+        request.json_module = _STRICT_JSON
+        _refuse_hostile_request()
+        if request.is_json and request.blueprint != "oauth" and (await request.get_data()).strip():
+            # Parsed (and cached) here, so a bad body is refused before any view runs SQL;
+            # the OAuth endpoints read their bodies themselves (oauth/params.py).
+            await request.get_json()
 
     @app.after_request
     async def finish(response: Response) -> Response:

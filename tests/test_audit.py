@@ -328,7 +328,7 @@ async def test_one_organisations_batch_is_one_statement_and_any_details_chain(
     assert report.events == 8
 
 
-async def test_a_failed_group_commit_fails_every_caller_and_writes_nothing(
+async def test_a_failed_group_commit_fails_only_the_bad_caller_and_half_writes_nothing(
     agentidp_idp, monkeypatch
 ):
     idp = agentidp_idp
@@ -339,18 +339,31 @@ async def test_a_failed_group_commit_fails_every_caller_and_writes_nothing(
             raise RuntimeError("disk full")
         await chain(conn, org, drafts)
 
+    chain_pg = idp.audit._chain_pg
+
+    async def pg_failing_for_org_b(conn, org, drafts):
+        if org == "org-b":
+            raise RuntimeError("disk full")
+        return await chain_pg(conn, org, drafts)
+
     monkeypatch.setattr(idp.audit, "_chain", failing_for_org_b)
+    # A batch of one organisation takes PostgreSQL's one-statement path instead.
+    monkeypatch.setattr(idp.audit, "_chain_pg", pg_failing_for_org_b)
     results = await asyncio.gather(
         idp.audit.record(idp.db, org_id="org-a", action="token.issued"),
         idp.audit.record(idp.db, org_id="org-b", action="token.issued"),
         return_exceptions=True,
     )
-    assert [str(r) for r in results] == ["disk full", "disk full"]
-    assert await idp.db.fetchval("SELECT COUNT(*) FROM audit_events WHERE org_id = 'org-a'") == 0
+    # The batch's transaction rolled back; each event was then written alone (batching.py),
+    # so org-b's failure is its caller's only (issue 25 item 2).
+    assert results[0]["seq"] == 1
+    assert str(results[1]) == "disk full"
+    assert await idp.db.fetchval("SELECT COUNT(*) FROM audit_events WHERE org_id = 'org-a'") == 1
+    assert await idp.db.fetchval("SELECT COUNT(*) FROM audit_events WHERE org_id = 'org-b'") == 0
     monkeypatch.undo()
-    # The writer recovers: the next event starts the chain at 1.
+    # The writer recovers: the next event continues the chain.
     event = await idp.audit.record(idp.db, org_id="org-a", action="token.issued")
-    assert event["seq"] == 1
+    assert event["seq"] == 2
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from agentidp_server.batching import Batcher
+from agentidp_server.storage.errors import StorageUnavailable
 
 
 class Recorder:
@@ -93,3 +94,45 @@ def test_a_new_event_loop_gets_a_new_sender() -> None:
 
     assert asyncio.run(once(1)) == 10
     assert asyncio.run(once(2)) == 20
+
+
+class Poisoned:
+    """A run that raises for a whole batch holding a negative item (one bad row fails a query)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.batches: list[list[int]] = []
+        self.error = error
+        self.release = asyncio.Event()
+
+    async def run(self, items: list[int]) -> list[int | BaseException]:
+        self.batches.append(items)
+        await self.release.wait()
+        if any(i < 0 for i in items):
+            raise self.error
+        return [i * 10 for i in items]
+
+
+async def test_a_failed_run_is_retried_item_by_item_so_one_bad_item_fails_only_itself() -> None:
+    poisoned = Poisoned(RuntimeError("invalid byte sequence"))
+    batcher: Batcher[int, int] = Batcher(poisoned.run, max_size=100)
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0)  # the first batch is in flight: the rest go out together
+    rest = [asyncio.create_task(batcher.submit(i)) for i in (1, -2, 3)]
+    await asyncio.sleep(0)
+    poisoned.release.set()
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert outcomes[:2] == [0, 10]
+    assert isinstance(outcomes[2], RuntimeError)
+    assert outcomes[3] == 30
+    assert poisoned.batches == [[0], [1, -2, 3], [1], [-2], [3]]
+
+
+async def test_an_unavailable_store_fails_the_batch_at_once_without_retries() -> None:
+    poisoned = Poisoned(StorageUnavailable("database", "timeout"))
+    poisoned.release.set()
+    batcher: Batcher[int, int] = Batcher(poisoned.run, max_size=100)
+    outcomes = await asyncio.gather(
+        *(batcher.submit(i) for i in (1, -2, 3)), return_exceptions=True
+    )
+    assert all(isinstance(o, StorageUnavailable) for o in outcomes)
+    assert poisoned.batches == [[1, -2, 3]]

@@ -400,6 +400,10 @@ def test_an_entry_costs_its_size_not_a_serialiser_buffer():
     assert per_entry < 1000, per_entry
 
 
+# Client ids as ids.new_client_id makes them: the lookup refuses any other shape.
+MISS_1, MISS_2, HIT = "1" * 32, "2" * 32, "3" * 32
+
+
 async def test_hits_travel_with_the_misses_and_alone_send_no_query(monkeypatch):
     """A hit is answered with the lookup batch it joins, so hits and misses go on to the
     Redis and audit batches together; a batch of hits alone queries nothing."""
@@ -419,18 +423,18 @@ async def test_hits_travel_with_the_misses_and_alone_send_no_query(monkeypatch):
     settings = SimpleNamespace(CLIENT_CACHE_TTL=60, CLIENT_CACHE_SIZE=10)
     clients = ClientLookup(SimpleNamespace(settings=settings, db=None))  # type: ignore[arg-type]
     clients.cache.set_live(True)
-    clients.cache.put("hit", _record(agent_id="agent-hit"), clients.cache.generation)
+    clients.cache.put(HIT, _record(agent_id="agent-hit"), clients.cache.generation)
 
-    first = asyncio.create_task(clients.for_secret("miss-1"))
+    first = asyncio.create_task(clients.for_secret(MISS_1))
     await asyncio.sleep(0)  # its batch is in flight
-    hit = asyncio.create_task(clients.for_secret("hit"))
-    second = asyncio.create_task(clients.for_secret("miss-2"))
+    hit = asyncio.create_task(clients.for_secret(HIT))
+    second = asyncio.create_task(clients.for_secret(MISS_2))
     await asyncio.sleep(0.01)
     assert not hit.done()  # waits for the batch in flight, then joins the next
     gates[0].set()
     await first
     await asyncio.sleep(0.01)
-    assert queries == [["miss-1"], ["miss-2"]]  # the hit is not queried
+    assert queries == [[MISS_1], [MISS_2]]  # the hit is not queried
     assert not hit.done()  # answered with the misses of its batch
     gates[1].set()
     (agent, _, _), cached = await hit
@@ -438,6 +442,6 @@ async def test_hits_travel_with_the_misses_and_alone_send_no_query(monkeypatch):
     assert agent["agent_id"] == "agent-hit"
     assert (await second)[1] is False
 
-    alone = await asyncio.wait_for(clients.for_secret("hit"), 1.0)
+    alone = await asyncio.wait_for(clients.for_secret(HIT), 1.0)
     assert alone[1] is True
-    assert queries == [["miss-1"], ["miss-2"]]
+    assert queries == [[MISS_1], [MISS_2]]

@@ -150,7 +150,9 @@ async def test_malformed_json_is_400(client: Any) -> None:
     )
     assert response.status_code == 400
     body = await response.get_json()
-    assert body["code"] == "BAD_REQUEST"
+    # Issue 15: the API's own code and a message about JSON, not werkzeug's default text.
+    assert body["code"] == "INVALID_JSON"
+    assert body["message"].startswith("request body is not valid JSON: ")
     assert body["request_id"] == response.headers["X-Request-Id"]
 
 

@@ -24,6 +24,16 @@ def _time(name: str) -> int | None:
         raise ApiError(400, "VALIDATION_ERROR", f"{name} must be an RFC 3339 time") from None
 
 
+# seq is a BIGINT: a larger cursor would fail in the driver, not answer 400.
+_MAX_SEQ = 2**63 - 1
+
+
+def _cursor(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 19) or int(value) > _MAX_SEQ:
+        raise ApiError(400, "VALIDATION_ERROR", "cursor must be the next_cursor of a previous page")
+    return int(value)
+
+
 @blueprint.get("/api/v1/audit")
 @require_scope("audit:read")
 async def list_events() -> Response:
@@ -31,9 +41,9 @@ async def list_events() -> Response:
     args = request.args
     try:
         limit = int(args.get("limit", "100"))
-        after = int(args.get("cursor", "0"))
     except ValueError:
-        raise ApiError(400, "VALIDATION_ERROR", "limit and cursor must be integers") from None
+        raise ApiError(400, "VALIDATION_ERROR", "limit must be an integer") from None
+    after = _cursor(args.get("cursor", "0"))
     if not 1 <= limit <= 500:
         raise ApiError(400, "VALIDATION_ERROR", "limit must be between 1 and 500")
     where, params = ["org_id = $1", "seq > $2"], [principal_org(), after]

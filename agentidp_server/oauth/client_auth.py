@@ -7,7 +7,6 @@ private_key_jwt: RFC 7523 §2.2 and §3 (with OpenID Connect Core §9's rules).
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 import math
@@ -22,6 +21,7 @@ from joserfc.errors import JoseError
 
 from agentidp_server import agents, credentials, request_scope
 from agentidp_server.audit import Actor
+from agentidp_server.http import hostile
 from agentidp_server.idp import IdP
 from agentidp_server.ids import hash_secret
 from agentidp_server.oauth.client_lookup import ClientLookup
@@ -63,14 +63,20 @@ def _basic() -> tuple[str, str] | None:
     if header[:6].lower() != "basic ":
         return None
     try:
+        # Raw non-ASCII header bytes arrive as latin-1 text, which b64decode refuses
+        # with a ValueError of its own (not binascii.Error).
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
         raise invalid_client(True) from None
     if ":" not in decoded:
         raise invalid_client(True)
     client_id, secret = decoded.split(":", 1)
     # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-    return unquote_plus(client_id), unquote_plus(secret)
+    client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+    if hostile(client_id) or hostile(secret):
+        # No client id or secret of ours holds NUL; refused before any lookup (issue 25).
+        raise invalid_client(True)
+    return client_id, secret
 
 
 def presented_client_id(params: dict[str, str]) -> str:
@@ -87,8 +93,10 @@ def presented_client_id(params: dict[str, str]) -> str:
             claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
         except (ValueError, IndexError):
             claims = {}
-        if isinstance(claims, dict) and isinstance(claims.get("iss"), str):
-            return str(claims["iss"])
+        iss = claims.get("iss") if isinstance(claims, dict) else None
+        # An unverified claim: one that no client id of ours could be never reaches SQL.
+        if isinstance(iss, str) and not hostile(iss):
+            return iss
     return params.get("client_id", "")
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qsl
 
 from quart import request
 
+from agentidp_server.http import BadJson, hostile, strict_loads
 from agentidp_server.oauth.errors import OAuthError
 
 MAX_BODY = 64 * 1024
@@ -30,9 +30,9 @@ def parse_params(raw: bytes, mimetype: str) -> dict[str, str]:
         raise OAuthError("invalid_request", "request body is not valid UTF-8") from error
     if mimetype == "application/json":
         try:
-            data = json.loads(text) if text.strip() else {}
-        except json.JSONDecodeError as error:
-            raise OAuthError("invalid_request", "request body is not valid JSON") from error
+            data = strict_loads(text) if text.strip() else {}
+        except BadJson as error:
+            raise OAuthError("invalid_request", error.message) from None
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise OAuthError("invalid_request", "JSON body must be an object of string values")
         return data
@@ -48,5 +48,8 @@ def parse_params(raw: bytes, mimetype: str) -> dict[str, str]:
     for name, value in pairs:
         if name in params:
             raise OAuthError("invalid_request", f"parameter {name} is repeated")
+        if hostile(name) or hostile(value):
+            # Refused before any lookup: PostgreSQL fails on NUL in text (issue 25 item 2).
+            raise OAuthError("invalid_request", f"parameter {name[:64]!r} contains a NUL character")
         params[name] = value
     return params

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from agentidp_server.ids import new_client_id, new_id, now_ms, valid_scopes
+from agentidp_server.ids import could_be_client_id, new_client_id, new_id, now_ms, valid_scopes
 from agentidp_server.storage.db import Connection, Database, Row
 
 STATUSES = ("active", "suspended", "decommissioned")
@@ -107,6 +107,8 @@ async def get_agent(db: Connection | Database, org_id: str, agent_id: str) -> di
 
 
 async def get_by_client_id(db: Connection | Database, client_id: str) -> dict[str, Any] | None:
+    if not could_be_client_id(client_id):
+        return None  # e.g. an assertion's unverified `iss` holding a NUL
     return _row(await db.fetchrow(f"SELECT {_READ} FROM agents WHERE client_id = $1", client_id))
 
 

@@ -33,6 +33,15 @@ def new_client_id() -> str:
     return secrets.token_hex(16)
 
 
+_CLIENT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def could_be_client_id(value: str) -> bool:
+    """Whether `value` has the shape `new_client_id` makes; anything else is no client
+    of ours and is answered "unknown" without a query (a NUL cannot reach SQL)."""
+    return _CLIENT_ID.fullmatch(value) is not None
+
+
 def new_secret() -> str:
     """256 bits from the OS's random source."""
     return secrets.token_urlsafe(32)

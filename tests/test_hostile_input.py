@@ -216,6 +216,27 @@ async def test_raw_bytes_and_nul_in_basic_credentials_are_invalid_client(
     assert await _oauth_error(response) == "invalid_client"
 
 
+def _unsigned_assertion(iss: str) -> str:
+    """A client assertion whose (unverified) iss the server reads before any key check."""
+    part = lambda data: base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{part({'alg': 'ES256', 'kid': 'k'})}.{part({'iss': iss, 'sub': iss})}.c2ln"
+
+
+@pytest.mark.parametrize("iss", ["a\u0000b", "\ud800", "x" * 5000])
+async def test_an_assertion_iss_that_cannot_be_a_client_is_invalid_client(
+    agentidp_client: Any, iss: str
+) -> None:
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": _unsigned_assertion(iss),
+    }
+    for path in (TOKEN, TOKEN + "/introspect", TOKEN + "/revoke"):
+        response = await agentidp_client.post(path, form={**form, "token": "x"})
+        assert response.status_code == 401, (path, await response.get_data())
+        assert await _oauth_error(response) == "invalid_client"
+
+
 # Item 4: duplicate keys in a JSON token request, refused as repeated form parameters are.
 async def test_duplicate_keys_in_a_json_token_request_are_refused(
     agentidp_client: Any, agentidp_idp: Any

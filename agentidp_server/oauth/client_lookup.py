@@ -9,21 +9,19 @@ answers are kept in the worker's `ClientCache`, which notifications keep true
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from agentidp_server import agents
 from agentidp_server.agents import ClientRecord
 from agentidp_server.batching import Batcher
 from agentidp_server.client_cache import ClientCache
+from agentidp_server.ids import could_be_client_id
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
 
 BATCH_MAX = 256
 _UNKNOWN: ClientRecord = (None, [], None)
-# What ids.new_client_id makes (32 lower-case hex): anything else is no client of ours.
-_OUR_CLIENT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class ClientLookup:
@@ -48,7 +46,7 @@ class ClientLookup:
     async def for_secret(self, client_id: str, fresh: bool = False) -> tuple[ClientRecord, bool]:
         """The agent (None if unknown), its usable client secrets and its tier;
         and whether that answer came from the cache (`fresh` skips it)."""
-        if not _OUR_CLIENT_ID.fullmatch(client_id):
+        if not could_be_client_id(client_id):
             # Never enters a batch: a hostile id cannot fail the requests batched with it.
             return (None, [], None), False
         cached = None if fresh else self.cache.get(client_id)

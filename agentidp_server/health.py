@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 from quart import Blueprint, Response, jsonify
 
 from agentidp_server.hookspecs import hookimpl
-from agentidp_server.http import log_outage
-from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.storage.errors import StorageUnavailable, log_outage
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP

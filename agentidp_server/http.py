@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from agentidp_server import request_scope
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.quotas import RateLimited
-from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.storage.errors import StorageUnavailable, log_outage
 
 access_log = logging.getLogger("agentidp.access")
 log = logging.getLogger("agentidp")
@@ -269,20 +269,6 @@ def install(app: Quart, settings: Any) -> None:
         )
 
 
-# The runbook's lines for a store that drops after startup.
-_OUTAGE_LINES = {"database": "Unexpected pg pool error %s", "kv": "Redis client error %s"}
-_OUTAGE_LOG_INTERVAL = 10.0
-_last_outage_log: dict[str, float] = {}
-
-
-def log_outage(error: StorageUnavailable) -> None:
-    """One line per store per interval, not one per failing request."""
-    now = time.monotonic()
-    if now - _last_outage_log.get(error.component, -_OUTAGE_LOG_INTERVAL) >= _OUTAGE_LOG_INTERVAL:
-        _last_outage_log[error.component] = now
-        log.error(_OUTAGE_LINES.get(error.component, "%s"), error)
-
-
 def _access_line(response: Response, structured: bool) -> None:
     access_line(
         remote=request.remote_addr or "-",
@@ -296,6 +282,14 @@ def _access_line(response: Response, structured: bool) -> None:
         duration=time.perf_counter() - request_scope.started(),
         structured=structured,
     )
+
+
+_CONTROL = re.compile(r'[\x00-\x1f\x7f"\\]')
+
+
+def _escaped(text: str) -> str:
+    """Control characters, quotes and backslashes as \\xNN, so one request is one line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def access_line(
@@ -313,6 +307,8 @@ def access_line(
 ) -> None:
     """Combined log format, as the runbook's development logs show."""
     stamp = datetime.now(UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
+    # The path arrives percent-decoded: a %0A must not start a forged line of its own.
+    path, referrer, user_agent = _escaped(path), _escaped(referrer), _escaped(user_agent)
     line = (
         f'{remote} - - [{stamp}] "{method} {path} HTTP/{http_version}" '
         f'{status} {size if size is not None else "-"} "{referrer}" "{user_agent}"'

@@ -333,16 +333,16 @@ async def test_both_down_names_both(
 async def test_outage_logs_the_runbook_line_once(caplog):
     import logging
 
-    from agentidp_server import http
+    from agentidp_server.storage import errors as storage_errors
     from agentidp_server.storage.errors import StorageUnavailable
 
-    http._last_outage_log.clear()
+    storage_errors._last_outage_log.clear()
     logger = logging.getLogger("agentidp")
     logger.addHandler(caplog.handler)  # configure_logging stops propagation to root
     try:
         for _ in range(5):
-            http.log_outage(StorageUnavailable("database", "ConnectionRefusedError"))
-            http.log_outage(StorageUnavailable("kv", "ConnectionError"))
+            storage_errors.log_outage(StorageUnavailable("database", "ConnectionRefusedError"))
+            storage_errors.log_outage(StorageUnavailable("kv", "ConnectionError"))
     finally:
         logger.removeHandler(caplog.handler)
     lines = [r.getMessage() for r in caplog.records]

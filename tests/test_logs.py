@@ -207,6 +207,15 @@ async def test_access_line_has_no_query_string(make_client: Any) -> None:
     assert SECRET not in stream.getvalue()
 
 
+async def test_access_line_cannot_be_split_by_the_request(make_client: Any) -> None:
+    async with make_client("development") as (client, stream):
+        await client.get("/nowhere%0A1.2.3.4-forged", headers={"User-Agent": 'a"b'})
+    lines = [line for line in _lines(stream) if "nowhere" in line or "forged" in line]
+    assert len(lines) == 1, lines
+    (match,) = [m for line in lines if (m := ACCESS_LINE.match(line))]
+    assert match["path"] == "/nowhere\\x0a1.2.3.4-forged"
+
+
 async def test_development_lines_are_plain_text(make_client: Any) -> None:
     async with make_client("development") as (client, stream):
         await client.get("/_test/log")

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from agentidp_server import http
 from agentidp_server.app import create_app
 from agentidp_server.oauth.rfc9068 import SYNC_MARKER, access_token_claims
 from agentidp_server.settings import load_settings
 from agentidp_server.storage import StorageUnavailable, open_database
+from agentidp_server.storage import errors as storage_errors
 from agentidp_server.storage.redis_kv import BREAKER_FAILURES
 from agentidp_server.testing import Services
 from agentidp_server.testkit import basic, make_org, token
@@ -232,7 +232,7 @@ async def test_stalled_redis_opens_the_breaker_then_recovers(
 
     logger = logging.getLogger("agentidp")
     logger.addHandler(caplog.handler)  # configure_logging stops propagation to root
-    http._last_outage_log.clear()
+    storage_errors._last_outage_log.clear()
     try:
         await redis_proxy.stall()
         # Each of the first requests waits out REDIS_TIMEOUT (1 s) until the breaker opens.

@@ -1,5 +1,12 @@
 """Storage errors the kernel maps to HTTP answers, whatever the adapter."""
 
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("agentidp")
+
 
 class StorageError(Exception):
     """Base class for storage failures."""
@@ -16,3 +23,17 @@ class StorageUnavailable(StorageError):
 
 class Conflict(StorageError):
     """A uniqueness or foreign-key constraint refused the write."""
+
+
+# The runbook's lines for a store that drops after startup.
+_OUTAGE_LINES = {"database": "Unexpected pg pool error %s", "kv": "Redis client error %s"}
+_OUTAGE_LOG_INTERVAL = 10.0
+_last_outage_log: dict[str, float] = {}
+
+
+def log_outage(error: StorageUnavailable) -> None:
+    """One line per store per interval, not one per failing request."""
+    now = time.monotonic()
+    if now - _last_outage_log.get(error.component, -_OUTAGE_LOG_INTERVAL) >= _OUTAGE_LOG_INTERVAL:
+        _last_outage_log[error.component] = now
+        log.error(_OUTAGE_LINES.get(error.component, "%s"), error)

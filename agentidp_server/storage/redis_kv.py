@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentidp_server.batching import Batcher
-from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.storage.errors import StorageUnavailable, log_outage
 from agentidp_server.storage.kv import CommandObserver, Counter, Guard
 
 T = TypeVar("T")
@@ -166,14 +166,6 @@ class Breaker:
         self._probing = False
 
 
-def _log_outage(error: StorageUnavailable) -> None:
-    # The runbook's "Redis client error" line, rate-limited with the HTTP layer's own
-    # (imported late: the adapter must not pull in the web layer when it is opened).
-    from agentidp_server.http import log_outage
-
-    log_outage(error)
-
-
 def _expiry_args(ttl_ms: int | None, expire_at_ms: int | None) -> list[Any]:
     if ttl_ms is not None:
         return ["px", ttl_ms]
@@ -221,7 +213,7 @@ class RedisKV:
         breaker = self.breaker
         if not breaker.admit():
             error = StorageUnavailable("kv", "circuit open after repeated failures")
-            _log_outage(error)
+            log_outage(error)
             raise error
         started = time.perf_counter()
         try:
@@ -229,7 +221,7 @@ class RedisKV:
         except _UNAVAILABLE as error:
             breaker.failed()
             unavailable = StorageUnavailable("kv", type(error).__name__)
-            _log_outage(unavailable)
+            log_outage(unavailable)
             raise unavailable from error
         except ResponseError:
             breaker.succeeded()  # Redis answered; the command itself was refused

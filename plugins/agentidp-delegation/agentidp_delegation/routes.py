@@ -17,12 +17,12 @@ from agentidp_server import (
     ApiError,
     IdP,
     current_idp,
+    document_errors,
     principal,
     principal_actor,
     principal_org,
     require_scope,
 )
-from agentidp_server.openapi import document_errors
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_querystring, document_request, document_response

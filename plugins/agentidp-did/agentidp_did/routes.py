@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agentidp_server import ApiError, IdP, current_idp, principal_org, require_scope
-from agentidp_server.openapi import document_errors, document_raw_response
+from agentidp_server import (
+    ApiError,
+    IdP,
+    current_idp,
+    document_errors,
+    document_raw_response,
+    principal_org,
+    require_scope,
+)
 from quart import Blueprint, Response
 
 from agentidp_did import documents

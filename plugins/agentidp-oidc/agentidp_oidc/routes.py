@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agentidp_server import current_idp
-from agentidp_server.openapi import document_raw_response
+from agentidp_server import current_idp, document_raw_response
 from quart import Blueprint, Response
 from quart_schema import security_scheme
 

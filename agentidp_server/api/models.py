@@ -134,7 +134,10 @@ class CredentialList(BaseModel):
 
 class AuditQuery(BaseModel):
     limit: int = Field(100, ge=1, le=500)
-    cursor: int | None = Field(None, ge=0, description="The last `seq` of the previous page")
+    # A seq is a PostgreSQL BIGINT: larger cursors are refused with a 400.
+    cursor: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="The last `seq` of the previous page"
+    )
     action: str | None = None
     agent_id: str | None = None
     since: AwareDatetime | None = None

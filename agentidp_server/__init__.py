@@ -13,6 +13,7 @@ from agentidp_server.oauth.client_credentials import resource_uri
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.rfc9068 import InvalidToken
 from agentidp_server.oauth.token_request import TokenRequest
+from agentidp_server.openapi import document_empty, document_errors, document_raw_response
 from agentidp_server.settings import Setting
 
 __version__ = "0.1.0"
@@ -31,6 +32,9 @@ __all__ = [
     "TokenRequest",
     "__version__",
     "current_idp",
+    "document_empty",
+    "document_errors",
+    "document_raw_response",
     "hookimpl",
     "principal",
     "principal_actor",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from quart import Blueprint, Response, jsonify
 
 from agentidp_server.hookspecs import hookimpl
+from agentidp_server.openapi import document_raw_response
 from agentidp_server.storage.errors import StorageUnavailable, log_outage
 
 if TYPE_CHECKING:
@@ -27,8 +28,13 @@ class HealthCheck:
 blueprint = Blueprint("health", __name__)
 
 
+_HEALTH_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
+
+
 @blueprint.get("/health")
+@document_raw_response(200, "application/json", _HEALTH_SCHEMA, "The process is alive")
 async def live() -> Response:
+    """Liveness: the process answers (no dependency is checked)."""
     return jsonify(status="ok")
 
 
@@ -45,7 +51,10 @@ async def _run(check: HealthCheck, timeout: float) -> str | None:
 
 
 @blueprint.get("/health/ready")
+@document_raw_response(200, "application/json", _HEALTH_SCHEMA, "Every check passes")
+@document_raw_response(503, "application/json", _HEALTH_SCHEMA, "A check is failing")
 async def ready() -> tuple[Response, int]:
+    """Readiness: the database, the kv store and the plugins' checks, each within a bound."""
     from agentidp_server.idp import current_idp
 
     idp = current_idp()

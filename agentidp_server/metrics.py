@@ -35,6 +35,7 @@ from quart import Blueprint, Response, abort, request
 from agentidp_server import request_scope
 from agentidp_server.background import BackgroundTask
 from agentidp_server.hookspecs import hookimpl
+from agentidp_server.openapi import document_raw_response
 from agentidp_server.settings import Setting
 
 if TYPE_CHECKING:
@@ -151,7 +152,9 @@ async def split_ports() -> None:
 
 
 @blueprint.get("/metrics")
+@document_raw_response(200, "text/plain", {"type": "string"}, "Prometheus text (or OpenMetrics)")
 async def metrics() -> Response:
+    """Prometheus metrics (OpenMetrics when the Accept header asks for it)."""
     from agentidp_server.idp import current_idp
 
     idp = current_idp()

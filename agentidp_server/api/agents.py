@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
-from quart_schema import validate_request
+from quart_schema import document_querystring, document_response, validate_request
 
 from agentidp_server import agents
 from agentidp_server.api.auth import ApiError, principal_actor, principal_org, require_scope
-from agentidp_server.api.models import AgentCreate, AgentUpdate
+from agentidp_server.api.models import Agent, AgentCreate, AgentListQuery, AgentPage, AgentUpdate
 from agentidp_server.idp import current_idp
+from agentidp_server.openapi import document_empty, document_errors
 
 blueprint = Blueprint("agents", __name__)
 
@@ -29,6 +30,7 @@ async def agent_or_404(agent_id: str) -> dict[str, Any]:
 @blueprint.post("/api/v1/agents")
 @require_scope("agents:write")
 @validate_request(AgentCreate)
+@document_response(Agent, 201)
 async def create(data: AgentCreate) -> tuple[Response, int]:
     """Register an agent in the caller's organisation."""
     idp = current_idp()
@@ -59,7 +61,10 @@ async def create(data: AgentCreate) -> tuple[Response, int]:
 
 @blueprint.get("/api/v1/agents")
 @require_scope("agents:read")
+@document_querystring(AgentListQuery)
+@document_response(AgentPage)
 async def list_() -> Response:
+    """List the organisation's agents, a page at a time."""
     args = request.args
     try:
         limit = int(args.get("limit", "50"))
@@ -83,13 +88,17 @@ async def list_() -> Response:
 
 @blueprint.get("/api/v1/agents/<agent_id>")
 @require_scope("agents:read")
+@document_response(Agent)
 async def read(agent_id: str) -> Response:
+    """Read one agent of the caller's organisation."""
     return jsonify(agents.public_view(await agent_or_404(agent_id)))
 
 
 @blueprint.patch("/api/v1/agents/<agent_id>")
 @require_scope("agents:write")
 @validate_request(AgentUpdate)
+@document_response(Agent)
+@document_errors(409)
 async def update(agent_id: str, data: AgentUpdate) -> Response:
     """Change an agent; `status: suspended` makes its tokens inactive at once."""
     idp = current_idp()
@@ -128,7 +137,9 @@ async def update(agent_id: str, data: AgentUpdate) -> Response:
 
 @blueprint.delete("/api/v1/agents/<agent_id>")
 @require_scope("agents:write")
+@document_empty(204, "Decommissioned")
 async def delete(agent_id: str) -> Response:
+    """Decommission an agent: its credentials and tokens stop working at once."""
     idp = current_idp()
     await agent_or_404(agent_id)
     async with idp.db.transaction() as conn:

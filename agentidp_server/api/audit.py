@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
+from quart_schema import document_querystring, document_response
 
 from agentidp_server.api.auth import ApiError, principal_org, require_scope
+from agentidp_server.api.models import AuditPage, AuditQuery, ChainReport
 from agentidp_server.audit import public_view, verify_chain
 from agentidp_server.idp import current_idp
 from agentidp_server.ids import parse_iso
@@ -36,6 +38,8 @@ def _cursor(value: str) -> int:
 
 @blueprint.get("/api/v1/audit")
 @require_scope("audit:read")
+@document_querystring(AuditQuery)
+@document_response(AuditPage)
 async def list_events() -> Response:
     """Events in chain order; filter by action, agent and time range; cursor = last seq."""
     args = request.args
@@ -69,6 +73,7 @@ async def list_events() -> Response:
 
 @blueprint.get("/api/v1/audit/verify")
 @require_scope("audit:read")
+@document_response(ChainReport)
 async def verify() -> Response:
     """Recompute the caller's chain; name the first broken sequence number and why."""
     idp = current_idp()

@@ -7,6 +7,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from quart import g, request
+from quart_schema.openapi import QUART_SCHEMA_SECURITY_ATTRIBUTE
 
 from agentidp_server.audit import Actor
 from agentidp_server.http import ApiError
@@ -55,6 +56,8 @@ def require_scope(scope: str | None) -> Callable[[F], F]:
             g.principal = claims
             return await view(*args, **kwargs)
 
+        # The OpenAPI document names the bearer scheme and, as OpenAPI 3.1 allows, the scope.
+        setattr(wrapper, QUART_SCHEMA_SECURITY_ATTRIBUTE, [{"bearer": [scope] if scope else []}])
         return wrapper  # type: ignore[return-value]
 
     return decorate

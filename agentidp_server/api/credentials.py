@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
-from quart_schema import validate_request
+from quart_schema import document_response, validate_request
 
 from agentidp_server import credentials
 from agentidp_server.api.agents import agent_or_404
 from agentidp_server.api.auth import ApiError, principal_actor, require_scope
-from agentidp_server.api.models import CredentialCreate
+from agentidp_server.api.models import CreatedCredential, CredentialCreate, CredentialList
 from agentidp_server.idp import current_idp
+from agentidp_server.openapi import document_empty, document_errors
 
 blueprint = Blueprint("credentials", __name__)
 
@@ -17,6 +18,8 @@ blueprint = Blueprint("credentials", __name__)
 @blueprint.post("/api/v1/agents/<agent_id>/credentials")
 @require_scope("credentials:write")
 @validate_request(CredentialCreate)
+@document_response(CreatedCredential, 201)
+@document_errors(409)
 async def create(agent_id: str, data: CredentialCreate) -> tuple[Response, int]:
     """Issue a client secret (shown once) or register the agent's public key."""
     idp = current_idp()
@@ -57,7 +60,9 @@ async def create(agent_id: str, data: CredentialCreate) -> tuple[Response, int]:
 
 @blueprint.get("/api/v1/agents/<agent_id>/credentials")
 @require_scope("credentials:read")
+@document_response(CredentialList)
 async def list_(agent_id: str) -> Response:
+    """List an agent's credentials, revoked ones included."""
     agent = await agent_or_404(agent_id)
     rows = await credentials.list_for_agent(current_idp().db, agent["agent_id"])
     return jsonify(data=[credentials.public_view(r) for r in rows])
@@ -65,7 +70,9 @@ async def list_(agent_id: str) -> Response:
 
 @blueprint.delete("/api/v1/agents/<agent_id>/credentials/<credential_id>")
 @require_scope("credentials:write")
+@document_empty(204, "Revoked")
 async def revoke(agent_id: str, credential_id: str) -> Response:
+    """Revoke a credential; tokens it already obtained stay valid until they expire."""
     idp = current_idp()
     agent = await agent_or_404(agent_id)
     async with idp.db.transaction() as conn:

@@ -68,3 +68,135 @@ class TokenForm7662(BaseModel):
     client_secret: str | None = None
     client_assertion_type: str | None = None
     client_assertion: str | None = None
+
+
+# Response and query models: documentation only (the views build their bodies), so
+# they list what a client may rely on and leave room for fields added later.
+
+
+class AgentListQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = None
+    status: Literal["active", "suspended", "decommissioned"] | None = None
+    deployment_env: str | None = None
+
+
+class Agent(BaseModel):
+    """The agent."""
+
+    agent_id: str
+    org_id: str
+    client_id: str
+    name: str
+    description: str
+    owner: str
+    deployment_env: str
+    scopes: list[str]
+    metadata: dict[str, Any]
+    status: Literal["active", "suspended", "decommissioned"]
+    created_at: str
+    updated_at: str
+
+
+class AgentPage(BaseModel):
+    """A page of agents; pass `next_cursor` as `cursor` for the next one."""
+
+    data: list[Agent]
+    next_cursor: str | None
+
+
+class Credential(BaseModel):
+    """The credential (never its secret's hash)."""
+
+    credential_id: str
+    type: Literal["client_secret", "private_key_jwt"]
+    status: str
+    expires_at: str | None
+    created_at: str | None
+    revoked_at: str | None = None
+    jwk: dict[str, Any] | None = None
+
+
+class CreatedCredential(BaseModel):
+    """The new credential; a client secret is shown here once and never again."""
+
+    credential_id: str
+    type: Literal["client_secret", "private_key_jwt"]
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+class CredentialList(BaseModel):
+    """The agent's credentials, oldest first."""
+
+    data: list[Credential]
+
+
+class AuditQuery(BaseModel):
+    limit: int = Field(100, ge=1, le=500)
+    # A seq is a PostgreSQL BIGINT: larger cursors are refused with a 400.
+    cursor: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="The last `seq` of the previous page"
+    )
+    action: str | None = None
+    agent_id: str | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+
+
+class AuditEvent(BaseModel):
+    seq: int
+    org_id: str
+    action: str
+    occurred_at: str
+    details: Any = None
+
+
+class AuditPage(BaseModel):
+    """A page of audit events in chain order."""
+
+    data: list[AuditEvent]
+    next_cursor: str | None
+
+
+class ChainReport(BaseModel):
+    """Whether the organisation's chain is intact, and where it breaks."""
+
+    org_id: str
+    events: int
+    intact: bool
+    first_broken_seq: int | None
+    reason: str | None
+
+
+class TierChanged(BaseModel):
+    """The organisation's new tier."""
+
+    org_id: str
+    tier: Literal["free", "pro", "enterprise"]
+
+
+class TokenResponse(BaseModel):
+    """RFC 6749 §5.1 access token response."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    scope: str | None = None
+
+
+class Introspection(BaseModel):
+    """RFC 7662 §2.2: `active` and, for an active token, its claims."""
+
+    active: bool
+    model_config = ConfigDict(extra="allow")
+
+
+class Empty(BaseModel):
+    """Done (RFC 7009 §2.2 answers 200 for unknown tokens too)."""
+
+
+class JsonObject(BaseModel):
+    """A JSON object; its members are defined by the specification the route names."""
+
+    model_config = ConfigDict(extra="allow")

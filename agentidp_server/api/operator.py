@@ -11,11 +11,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 from quart import Blueprint, Response, abort, jsonify, request
-from quart_schema import validate_request
+from quart_schema import document_response, security_scheme, validate_request
 
 from agentidp_server import tenants
+from agentidp_server.api.models import TierChanged
 from agentidp_server.http import ApiError
 from agentidp_server.idp import current_idp
+from agentidp_server.openapi import document_errors
 
 blueprint = Blueprint("operator", __name__)
 
@@ -41,6 +43,9 @@ async def operator_only() -> None:
 
 @blueprint.put("/api/v1/operator/orgs/<org_id>/tier")
 @validate_request(TierChange)
+@document_response(TierChanged)
+@security_scheme([{"operator": []}])
+@document_errors(401, 404)
 async def change_tier(org_id: str, data: TierChange) -> Response:
     """Move an organisation to another tier; applies to its next request."""
     idp = current_idp()

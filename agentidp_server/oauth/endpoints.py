@@ -7,9 +7,16 @@ import json
 from typing import Any
 
 from quart import Blueprint, Response
-from quart_schema import DataSource, document_request
+from quart_schema import DataSource, document_request, document_response
 
-from agentidp_server.api.models import TokenForm, TokenForm7662
+from agentidp_server.api.models import (
+    Empty,
+    Introspection,
+    JsonObject,
+    TokenForm,
+    TokenForm7662,
+    TokenResponse,
+)
 from agentidp_server.audit import Actor
 from agentidp_server.grants import mints_without_io
 from agentidp_server.idp import IdP, current_idp
@@ -22,6 +29,7 @@ from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.params import read_params
 from agentidp_server.oauth.rfc9068 import InvalidToken, access_token_claims
 from agentidp_server.oauth.token_request import TokenRequest
+from agentidp_server.openapi import document_errors
 
 blueprint = Blueprint("oauth", __name__)
 
@@ -62,6 +70,8 @@ async def _token_request(path: str) -> tuple[IdP, dict[str, str], Client, str]:
 
 @blueprint.post(TOKEN_PATH)
 @document_request(TokenForm, source=DataSource.FORM)
+@document_response(TokenResponse)
+@document_errors(400, 401, shape="oauth")
 async def token() -> Response:
     """Issue an access token (RFC 6749 §4.4; form-encoded, or a JSON object)."""
     return _json(await issue(current_idp(), await read_params()))
@@ -102,6 +112,8 @@ async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
 
 @blueprint.post(INTROSPECT_PATH)
 @document_request(TokenForm7662, source=DataSource.FORM)
+@document_response(Introspection)
+@document_errors(400, 401, shape="oauth")
 async def introspect() -> Response:
     """RFC 7662 token introspection; another organisation's token is inactive."""
     idp, _, client, token_value = await _token_request(INTROSPECT_PATH)
@@ -117,6 +129,8 @@ async def introspect() -> Response:
 
 @blueprint.post(REVOKE_PATH)
 @document_request(TokenForm7662, source=DataSource.FORM)
+@document_response(Empty)
+@document_errors(400, 401, shape="oauth")
 async def revoke() -> Response:
     """RFC 7009 token revocation (own tokens; an org admin: any of its org)."""
     idp, params, client, token_value = await _token_request(REVOKE_PATH)
@@ -179,14 +193,18 @@ async def metadata(idp: IdP) -> dict[str, Any]:
 
 
 @blueprint.get("/.well-known/oauth-authorization-server")
+@document_response(JsonObject)
 async def discovery() -> Response:
+    """Authorization server metadata (RFC 8414 §3)."""
     response = Response(json.dumps(await metadata(current_idp())), content_type="application/json")
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 
 
 @blueprint.get(JWKS_PATH)
+@document_response(JsonObject)
 async def jwks() -> Response:
+    """The public keys that verify this server's tokens (RFC 7517 §5 JWK Set)."""
     response = Response(json.dumps(current_idp().keys.jwks()), content_type="application/json")
     # Short enough that a rotated key is fetched well before it signs.
     response.headers["Cache-Control"] = "public, max-age=60"

@@ -17,12 +17,15 @@ from agentidp_server import (
     ApiError,
     IdP,
     current_idp,
+    document_errors,
     principal,
     principal_actor,
     principal_org,
     require_scope,
 )
+from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, jsonify, request
+from quart_schema import document_querystring, document_request, document_response
 
 from agentidp_delegation import chains, store
 
@@ -32,6 +35,58 @@ SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 FIELDS = frozenset({"delegator", "delegatee", "scopes", "audience", "expires_at", "max_depth"})
 MAX_SCOPES = 100
 MAX_TEXT = 1000
+
+
+class DelegationCreate(BaseModel):
+    """Documentation of the body `_validate` checks (it names the first problem itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delegator: str = Field(min_length=1, max_length=MAX_TEXT)
+    delegatee: str = Field(min_length=1, max_length=MAX_TEXT)
+    scopes: list[str] = Field(min_length=1, max_length=MAX_SCOPES)
+    audience: str | None = None
+    expires_at: str | None = Field(None, description="RFC 3339 time with an offset")
+    max_depth: int = Field(0, ge=0, description="At most DELEGATION_MAX_DEPTH - 1")
+
+
+class DelegationQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = None
+    status: str | None = Field(None, description="active or revoked")
+    delegator: str | None = None
+    delegatee: str | None = None
+
+
+class Delegation(BaseModel):
+    """The delegation; `status` reads `expired` once it has lapsed."""
+
+    delegation_id: str
+    org_id: str
+    delegator: str
+    delegatee: str
+    scopes: list[str]
+    audience: str | None
+    expires_at: str | None
+    max_depth: int
+    status: str
+    created_by: str
+    created_at: str | None
+    revoked_at: str | None
+
+
+class DelegationPage(BaseModel):
+    """A page of delegations; pass `next_cursor` as `cursor` for the next one."""
+
+    data: list[Delegation]
+    next_cursor: str | None
+
+
+class DelegationChains(BaseModel):
+    """The delegation and the chains built through it."""
+
+    delegation: Delegation
+    chains: list[dict[str, Any]]
 
 
 def _bad(message: str) -> ApiError:
@@ -171,6 +226,9 @@ async def _party(idp: IdP, org_id: str, role: str, agent_id: str) -> dict[str, A
 
 @blueprint.post("/api/v1/delegations")
 @require_scope(None)
+@document_request(DelegationCreate)
+@document_response(Delegation, 201)
+@document_errors(404, 409)
 async def create() -> tuple[Response, int]:
     """Agent A (the delegator) lets agent B (the delegatee) act for it."""
     idp = current_idp()
@@ -223,6 +281,8 @@ async def create() -> tuple[Response, int]:
 
 @blueprint.get("/api/v1/delegations")
 @require_scope(None)
+@document_querystring(DelegationQuery)
+@document_response(DelegationPage)
 async def list_() -> Response:
     """The organisation's grants (an agent: those it is a party to), in creation order."""
     idp = current_idp()
@@ -255,13 +315,17 @@ async def list_() -> Response:
 
 @blueprint.get("/api/v1/delegations/<delegation_id>")
 @require_scope(None)
+@document_response(Delegation)
 async def read(delegation_id: str) -> Response:
+    """Read one delegation the caller may see."""
     idp = current_idp()
     return jsonify(view(await _visible_grant(idp, await _caller(idp), delegation_id)))
 
 
 @blueprint.delete("/api/v1/delegations/<delegation_id>")
 @require_scope(None)
+@document_response(Delegation)
+@document_errors(409)
 async def revoke(delegation_id: str) -> Response:
     """Revoke: every token issued through this link is inactive from now on."""
     idp = current_idp()
@@ -287,6 +351,7 @@ async def revoke(delegation_id: str) -> Response:
 
 @blueprint.get("/api/v1/delegations/<delegation_id>/chain")
 @require_scope(None)
+@document_response(DelegationChains)
 async def chain(delegation_id: str) -> Response:
     """The chains token exchanges have built through this grant, each hop by hop."""
     idp = current_idp()

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agentidp_server import ApiError, IdP, current_idp, principal_org, require_scope
+from agentidp_server import (
+    ApiError,
+    IdP,
+    current_idp,
+    document_errors,
+    document_raw_response,
+    principal_org,
+    require_scope,
+)
 from quart import Blueprint, Response
 
 from agentidp_did import documents
@@ -21,6 +29,10 @@ def _response(body: dict[str, Any], status: int, content_type: str) -> Response:
     return response
 
 
+_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+@document_raw_response(200, documents.DID_LD_JSON, _OBJECT, "The DID document")
 async def server_did() -> Response:
     """The server's did:web document (did:web spec §3.2.1: `/.well-known/did.json`)."""
     idp = current_idp()
@@ -29,6 +41,9 @@ async def server_did() -> Response:
     return _response(document, 200, documents.DID_LD_JSON)
 
 
+@document_raw_response(200, documents.DID_LD_JSON, _OBJECT, "The DID document")
+@document_raw_response(410, documents.RESOLUTION_JSON, _OBJECT, "Deactivated: a resolution result")
+@document_errors(404)
 async def agent_did_document(agent_id: str) -> Response:
     """An agent's did:web document (did:web spec §3.2.1: `<path>/did.json`).
 
@@ -52,6 +67,7 @@ async def agent_did_document(agent_id: str) -> Response:
 
 
 @require_scope("agents:read")
+@document_raw_response(200, "application/json", _OBJECT, "A DID Resolution Result")
 async def management_did(agent_id: str) -> Response:
     """The agent's DID Resolution Result for its organisation, deactivated or not."""
     idp = current_idp()

@@ -33,7 +33,7 @@ ASSERTION_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 # send by default (Authlib: iat + 3600) and what Okta allows.
 MAX_ASSERTION_LIFETIME = 3600
 CLOCK_SKEW = 30
-# The token endpoint's path (oauth/endpoints.py's TOKEN_PATH, which imports this module).
+# The token endpoint's path (oauth/endpoints.py's TOKEN_PATH is this one).
 TOKEN_ENDPOINT_PATH = "/api/v1/token"  # noqa: S105 - a path, not a secret
 # Hashed when the client is unknown so that path costs the same as a wrong secret.
 _DUMMY_HASH = "0" * 64

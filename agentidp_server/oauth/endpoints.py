@@ -22,6 +22,7 @@ from agentidp_server.grants import mints_without_io
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import (
     ASSERTION_ALGORITHMS,
+    TOKEN_ENDPOINT_PATH,
     Client,
     authenticate_limited,
 )
@@ -33,7 +34,7 @@ from agentidp_server.openapi import document_errors
 
 blueprint = Blueprint("oauth", __name__)
 
-TOKEN_PATH = "/api/v1/token"  # noqa: S105 - a path, not a secret
+TOKEN_PATH = TOKEN_ENDPOINT_PATH  # one spelling: client assertions accept it as `aud`
 INTROSPECT_PATH = "/api/v1/token/introspect"
 REVOKE_PATH = "/api/v1/token/revoke"
 JWKS_PATH = "/.well-known/jwks.json"

@@ -81,3 +81,85 @@ async def test_a_stored_out_of_range_credential_expiry_renders(
     body = await response.get_json()
     assert response.status_code == 200, body
     assert [c["expires_at"] for c in body["data"]] == ["9999-12-31T23:59:59Z"]
+
+
+# --- agent metadata -------------------------------------------------------------------
+
+
+async def _post_raw(client: Any, headers: dict[str, str], text: str) -> Any:
+    return await client.post(
+        AGENTS, data=text, headers={**headers, "Content-Type": "application/json"}
+    )
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+async def test_metadata_with_nan_or_infinity_is_a_400(
+    agentidp_client: Any, agentidp_idp: Any, literal: str
+) -> None:
+    """Python's json reads these non-standard literals; they would come back as invalid JSON."""
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    text = f'{{"name": "n", "deployment_env": "prod", "metadata": {{"a": [1, {literal}]}}}}'
+    response = await _post_raw(agentidp_client, headers, text)
+    body = await response.get_json()
+    assert response.status_code == 400, body
+    assert body["code"] == "VALIDATION_ERROR"
+    assert "NaN or Infinity" in body["message"], body
+    agent, _ = await make_agent(agentidp_client, headers)
+    patched = await agentidp_client.patch(
+        f"{AGENTS}/{agent['agent_id']}",
+        data=f'{{"metadata": {{"x": {literal}}}}}',
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert patched.status_code == 400, await patched.get_json()
+    assert await _events(agentidp_idp, org["org_id"], "agent.changed") == []
+    listed = await agentidp_client.get(AGENTS, headers=headers)
+    assert [a["metadata"] for a in (await listed.get_json())["data"]] == [{}]
+
+
+async def test_metadata_size_is_capped(agentidp_client: Any, agentidp_idp: Any) -> None:
+    from agentidp_server.agents import METADATA_MAX_BYTES
+
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    # {"k":"<filler>"} is 8 bytes around the filler.
+    at_limit = {"k": "é" * ((METADATA_MAX_BYTES - 8) // 2)}
+    agent, _ = await make_agent(agentidp_client, headers, metadata=at_limit)
+    assert agent["metadata"] == at_limit
+    over = {"k": "x" * (METADATA_MAX_BYTES - 7)}
+    response = await agentidp_client.post(
+        AGENTS, json={"name": "n", "deployment_env": "prod", "metadata": over}, headers=headers
+    )
+    body = await response.get_json()
+    assert response.status_code == 400, body
+    assert body["code"] == "VALIDATION_ERROR"
+    assert "16 KiB" in body["message"], body
+    patched = await agentidp_client.patch(
+        f"{AGENTS}/{agent['agent_id']}", json={"metadata": over}, headers=headers
+    )
+    assert patched.status_code == 400, await patched.get_json()
+    read = await agentidp_client.get(f"{AGENTS}/{agent['agent_id']}", headers=headers)
+    assert (await read.get_json())["metadata"] == at_limit
+
+
+async def test_metadata_depth_is_capped(agentidp_client: Any, agentidp_idp: Any) -> None:
+    from agentidp_server.agents import METADATA_MAX_DEPTH
+
+    def nested(levels: int) -> dict[str, Any]:
+        value: dict[str, Any] = {}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    agent, _ = await make_agent(agentidp_client, headers, metadata=nested(METADATA_MAX_DEPTH))
+    assert agent["metadata"] == nested(METADATA_MAX_DEPTH)
+    response = await agentidp_client.post(
+        AGENTS,
+        json={"name": "n", "deployment_env": "p", "metadata": nested(METADATA_MAX_DEPTH + 1)},
+        headers=headers,
+    )
+    body = await response.get_json()
+    assert response.status_code == 400, body
+    assert f"deeper than {METADATA_MAX_DEPTH}" in body["message"], body

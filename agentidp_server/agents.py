@@ -264,7 +264,7 @@ async def update_agent(
         agent_id,
         org_id,
         suspending,
-        merged["updated_at"] // 1000,
+        merged["updated_at"],  # unix ms, compared with a token's issue time in ms
     )
     return merged
 

@@ -163,3 +163,46 @@ async def test_metadata_depth_is_capped(agentidp_client: Any, agentidp_idp: Any)
     body = await response.get_json()
     assert response.status_code == 400, body
     assert f"deeper than {METADATA_MAX_DEPTH}" in body["message"], body
+
+
+# --- tokens_valid_after in milliseconds -------------------------------------------------
+
+
+async def test_migration_0007_moves_tokens_valid_after_to_milliseconds(
+    agentidp_db: Any, tmp_path: Any
+) -> None:
+    """A stored second S becomes S's last millisecond: tokens issued in or before S stay
+    inactive, as they were; a NULL stays NULL."""
+    import shutil
+    from pathlib import Path
+
+    from agentidp_server import agents, tenants
+    from agentidp_server.migrations import MigrationSet, migrate
+
+    core = Path(__file__).resolve().parent.parent / "migrations" / "core"
+    staged = tmp_path / "core"
+    staged.mkdir()
+    for path in sorted(core.glob("*.sql")):
+        if path.name < "0007":
+            shutil.copy(path, staged / path.name)
+    await migrate(agentidp_db, [MigrationSet("core", staged)])
+    async with agentidp_db.transaction() as conn:
+        org = await tenants.create_org(conn, "Acme", "free")
+        suspended = await agents.create_agent(
+            conn, org["org_id"], {"name": "s", "deployment_env": "p"}
+        )
+        never = await agents.create_agent(conn, org["org_id"], {"name": "n", "deployment_env": "p"})
+    await agentidp_db.execute(
+        "UPDATE agents SET tokens_valid_after = 1700000000 WHERE agent_id = $1",
+        suspended["agent_id"],
+    )
+    for path in sorted(core.glob("0007_*.sql")):
+        shutil.copy(path, staged / path.name)
+    applied = await migrate(agentidp_db, [MigrationSet("core", staged)])
+    assert [m.name for m in applied] == ["0007_tokens_valid_after_ms"]
+    values = {
+        r["agent_id"]: r["tokens_valid_after"]
+        for r in await agentidp_db.fetch("SELECT agent_id, tokens_valid_after FROM agents")
+    }
+    assert values[suspended["agent_id"]] == 1_700_000_000_999
+    assert values[never["agent_id"]] is None

@@ -94,44 +94,50 @@ class TokenService:
         # runbook's monthly counter) before it exists: here, or with its request's admission.
         if not request_scope.take_prepaid_token():
             await self.idp.quotas.count_token(client_id, agent["org_id"])
-        issued_ms = now_ms()
-        now = issued_ms // 1000
-        claims: dict[str, Any] = {
-            "iss": self.idp.issuer,
-            "sub": agent["agent_id"],
-            "aud": audience,
-            "client_id": client_id,
-            "scope": " ".join(scopes),
-            "jti": new_id(),
-            "iat": now,
-            "exp": now + (lifetime if lifetime is not None else self.ttl),
-            "org_id": agent["org_id"],
-            "credential_id": credential_id,
-            # `iat` is whole seconds (RFC 7519 §2); suspensions are compared in ms.
-            ISSUED_MS: issued_ms,
-        }
-        claims.update(extra or {})
-        context = {"agent": agent, "grant_type": grant_type, "claims": dict(claims)}
-        claims.update(await self.idp.hooks.token_claims(self.idp, context))
-        token = self.idp.keys.sign(claims, TOKEN_TYPE)
-        # The token is returned only once its issuance event has committed.
-        await self.idp.audit.record(
-            self.idp.db,
-            org_id=agent["org_id"],
-            action="token.issued",
-            actor=Actor(client_id=client_id, agent_id=agent["agent_id"]),
-            target_type="token",
-            target_id=claims["jti"],
-            details={
-                "grant_type": grant_type,
-                "scope": claims["scope"],
-                "aud": claims["aud"],
-                "exp": claims["exp"],
+        try:
+            issued_ms = now_ms()
+            now = issued_ms // 1000
+            claims: dict[str, Any] = {
+                "iss": self.idp.issuer,
+                "sub": agent["agent_id"],
+                "aud": audience,
+                "client_id": client_id,
+                "scope": " ".join(scopes),
+                "jti": new_id(),
+                "iat": now,
+                "exp": now + (lifetime if lifetime is not None else self.ttl),
+                "org_id": agent["org_id"],
                 "credential_id": credential_id,
-                **({"act": claims["act"]} if "act" in claims else {}),
-            },
-        )
-        return token, claims
+                # `iat` is whole seconds (RFC 7519 §2); suspensions are compared in ms.
+                ISSUED_MS: issued_ms,
+            }
+            claims.update(extra or {})
+            context = {"agent": agent, "grant_type": grant_type, "claims": dict(claims)}
+            claims.update(await self.idp.hooks.token_claims(self.idp, context))
+            token = self.idp.keys.sign(claims, TOKEN_TYPE)
+            # The token is returned only once its issuance event has committed.
+            await self.idp.audit.record(
+                self.idp.db,
+                org_id=agent["org_id"],
+                action="token.issued",
+                actor=Actor(client_id=client_id, agent_id=agent["agent_id"]),
+                target_type="token",
+                target_id=claims["jti"],
+                details={
+                    "grant_type": grant_type,
+                    "scope": claims["scope"],
+                    "aud": claims["aud"],
+                    "exp": claims["exp"],
+                    "credential_id": credential_id,
+                    **({"act": claims["act"]} if "act" in claims else {}),
+                },
+            )
+            return token, claims
+        except Exception:
+            # Counted but not issued (a hook, the key or the audit failed): the daily and
+            # monthly counters count issued tokens only.
+            await self.idp.quotas.refund_token(client_id, agent["org_id"])
+            raise
 
     def verify_signature(self, token: str) -> dict[str, Any]:
         """Signature, `typ`, `iss` and `exp`; InvalidToken says which failed."""

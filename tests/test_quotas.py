@@ -583,6 +583,26 @@ async def test_a_grant_refusing_after_its_check_counts_no_token(
     assert await raw.get(f"rate:tier:tokens:{org_id}") == "2"
 
 
+@settings_for(HELLO_ENABLED=True)
+async def test_a_mint_that_fails_after_counting_counts_no_token(
+    agentidp_client: Any, agentidp_idp: Any, raw: RawKeys
+) -> None:
+    """The fixture plugin's token_claims breaks the contract, so minting fails after
+    the token was counted with the request: the count is given back."""
+    from agentidp_hello import state
+
+    org = await make_org(agentidp_idp)
+    cid, org_id, secret = org["client_id"], org["org_id"], org["client_secret"]
+    await token(agentidp_client, cid, secret)
+    state(agentidp_idp)["extra_claims"] = {"iss": "forged"}
+    response = await token_request(agentidp_client, cid, secret)
+    assert response.status_code == 500, await response.get_json()
+    state(agentidp_idp)["extra_claims"] = {}
+    month, _ = month_and_end_ms()
+    assert await raw.get(f"rate:tier:tokens:{org_id}") == "1"
+    assert await raw.get(f"monthly:{cid}:{month}") == "1"
+
+
 @settings_for(METRICS_PER_ID_LABELS=False, RATE_LIMIT_MAX=2)
 async def test_metrics_without_id_labels(agentidp_client: Any, agentidp_idp: Any) -> None:
     window_ms = BASE["RATE_LIMIT_WINDOW_MS"]

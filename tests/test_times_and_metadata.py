@@ -64,15 +64,22 @@ async def test_a_credential_near_the_limit_is_accepted(
     assert body["expires_at"] == expires
 
 
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        (253_402_351_199_000, "9999-12-31T23:59:59Z"),  # 9999-12-31T23:59:59-14:00
+        (-(2**62), "0001-01-01T00:00:00Z"),
+    ],
+)
 async def test_a_stored_out_of_range_credential_expiry_renders(
-    agentidp_client: Any, agentidp_idp: Any
+    agentidp_client: Any, agentidp_idp: Any, stored: int, shown: str
 ) -> None:
     org = await make_org(agentidp_idp)
     headers = await admin_headers(agentidp_client, org)
     agent, credential = await make_agent(agentidp_client, headers)
     await agentidp_idp.db.execute(
         "UPDATE credentials SET expires_at = $1 WHERE credential_id = $2",
-        253_402_351_199_000,  # 9999-12-31T23:59:59-14:00, as an older server stored it
+        stored,  # as an older server could have stored it
         credential["credential_id"],
     )
     response = await agentidp_client.get(
@@ -80,7 +87,7 @@ async def test_a_stored_out_of_range_credential_expiry_renders(
     )
     body = await response.get_json()
     assert response.status_code == 200, body
-    assert [c["expires_at"] for c in body["data"]] == ["9999-12-31T23:59:59Z"]
+    assert [c["expires_at"] for c in body["data"]] == [shown]
 
 
 # --- agent metadata -------------------------------------------------------------------

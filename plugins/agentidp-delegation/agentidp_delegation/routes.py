@@ -36,6 +36,7 @@ MAX_TEXT = 1000
 MAX_GRANT_LIFETIME_MS = 100 * 365 * 86_400_000
 # The last instant Python's datetime (and RFC 3339's four-digit year) can show.
 LATEST_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
+EARLIEST_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 def _bad(message: str) -> ApiError:
@@ -50,7 +51,7 @@ def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     # A row an older server stored out of range still renders (clamped), never a 500.
-    moment = datetime.fromtimestamp(min(max(ms, 0), LATEST_MS) / 1000, UTC)
+    moment = datetime.fromtimestamp(min(max(ms, EARLIEST_MS), LATEST_MS) / 1000, UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

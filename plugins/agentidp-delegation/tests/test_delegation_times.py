@@ -3,11 +3,22 @@ an older server stored out of range never breaks the organisation's views (issue
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import time
 from typing import Any
 
 import pytest
-from delegation_helpers import ENABLED, bearer, exchange, grant, make_world, own_token
+from delegation_helpers import (
+    ENABLED,
+    bearer,
+    exchange,
+    grant,
+    introspect,
+    make_world,
+    own_token,
+)
 
 
 @pytest.fixture
@@ -100,3 +111,33 @@ async def test_a_stored_out_of_range_expiry_breaks_no_view(
     after = await agentidp_client.get(path, headers=w.admin)
     assert after.status_code == 200
     assert (await after.get_json())["status"] == "revoked"
+
+
+async def test_an_actor_reactivated_in_the_same_second_acts_again(
+    agentidp_client: Any, agentidp_idp: Any
+) -> None:
+    """The actor's suspension is compared in ms too: a delegated token issued after its
+    reactivation, in the same second, is active; one from before stays inactive."""
+    w = await make_world(agentidp_client, agentidp_idp, "AB")
+    a, b = w.agents["A"], w.agents["B"]
+    await grant(agentidp_client, w.admin, a, b, ["read"])
+    subject = await own_token(agentidp_client, a, scope="read")
+    url = f"/api/v1/agents/{b.id}"
+
+    def iat(value: str) -> int:
+        return int(json.loads(base64.urlsafe_b64decode(value.split(".")[1] + "=="))["iat"])
+
+    # All four steps in one second: start just after a second begins; retry if it spilled.
+    for _ in range(5):
+        await asyncio.sleep(1 - time.time() % 1 + 0.01)
+        old = (await exchange(agentidp_client, b, subject))["access_token"]
+        for status in ("suspended", "active"):
+            response = await agentidp_client.patch(url, json={"status": status}, headers=w.admin)
+            assert response.status_code == 200, await response.get_json()
+        new = (await exchange(agentidp_client, b, subject))["access_token"]
+        if iat(old) == iat(new):
+            break
+    else:
+        raise AssertionError("no second held the suspension and both tokens")
+    assert (await introspect(agentidp_client, w.admin_client, old))["active"] is False
+    assert (await introspect(agentidp_client, w.admin_client, new))["active"] is True

@@ -11,7 +11,7 @@ from agentidp_server.idp import IdP, current_idp
 from agentidp_server.migrations import MigrationSet
 from agentidp_server.oauth.client_credentials import resource_uri
 from agentidp_server.oauth.errors import OAuthError
-from agentidp_server.oauth.rfc9068 import InvalidToken
+from agentidp_server.oauth.rfc9068 import InvalidToken, issued_at_ms
 from agentidp_server.oauth.token_request import TokenRequest
 from agentidp_server.openapi import document_empty, document_errors, document_raw_response
 from agentidp_server.settings import Setting
@@ -36,6 +36,7 @@ __all__ = [
     "document_errors",
     "document_raw_response",
     "hookimpl",
+    "issued_at_ms",
     "principal",
     "principal_actor",
     "principal_org",

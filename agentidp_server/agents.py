@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 from agentidp_server.ids import could_be_client_id, new_client_id, new_id, now_ms, valid_scopes
@@ -23,8 +24,36 @@ _FIELDS = "agent_id, org_id, client_id, kind, name, description, owner, deployme
 _READ = _FIELDS + ", tokens_valid_after"
 
 
+# Metadata is read with every agent (lists of 200): bound it (issue 25: 10 MB was accepted).
+METADATA_MAX_BYTES = 16 * 1024  # as compact UTF-8 JSON; the README's agent section says so
+METADATA_MAX_DEPTH = 8  # levels of objects and arrays, the metadata object itself included
+
+
 class AgentError(ValueError):
     """Bad input for an agent; the message is safe to show."""
+
+
+def check_metadata(metadata: Any) -> None:
+    """A JSON object within the bounds, and standard JSON only (RFC 8259 §6: no NaN)."""
+    if not isinstance(metadata, dict):
+        raise AgentError("metadata must be a JSON object")
+    # Iterative, so a deep value cannot exhaust the stack before its depth is refused.
+    pending: list[tuple[Any, int]] = [(metadata, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            if depth > METADATA_MAX_DEPTH:
+                raise AgentError(f"metadata is nested deeper than {METADATA_MAX_DEPTH} levels")
+            items = value.values() if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise AgentError("metadata must not contain NaN or Infinity (not standard JSON)")
+    compact = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    size = len(compact.encode(errors="surrogatepass"))
+    if size > METADATA_MAX_BYTES:
+        raise AgentError(
+            f"metadata is {size} bytes as JSON; the limit is {METADATA_MAX_BYTES} bytes (16 KiB)"
+        )
 
 
 def _row(row: Row | None) -> dict[str, Any] | None:
@@ -57,8 +86,8 @@ def validate_fields(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
                 raise AgentError(f"{key} is longer than 1000 characters")
     if "scopes" in data and not valid_scopes(data["scopes"]):
         raise AgentError("scopes must be a list of RFC 6749 scope tokens")
-    if "metadata" in data and not isinstance(data["metadata"], dict):
-        raise AgentError("metadata must be a JSON object")
+    if "metadata" in data:
+        check_metadata(data["metadata"])
     if "status" in data and data["status"] not in ("active", "suspended"):
         raise AgentError("status must be active or suspended (DELETE decommissions)")
     return data
@@ -237,7 +266,7 @@ async def update_agent(
         agent_id,
         org_id,
         suspending,
-        merged["updated_at"] // 1000,
+        merged["updated_at"],  # unix ms, compared with a token's issue time in ms
     )
     return merged
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from joserfc import jwk
 
-from agentidp_server.ids import hash_secret, iso, new_id, new_secret, now_ms
+from agentidp_server.ids import LATEST_MS, hash_secret, iso, new_id, new_secret, now_ms
 from agentidp_server.storage.db import Connection, Database
 
 TYPES = ("client_secret", "private_key_jwt")
@@ -48,9 +48,21 @@ def import_public_jwk(data: Any) -> tuple[dict[str, Any], str]:
     return public, kid
 
 
+# A credential meant to outlive a century is a typo; rotate long-lived keys instead.
+MAX_LIFETIME_MS = 100 * 365 * 86_400_000
+
+
 def _expiry(expires_at: int | None) -> int | None:
-    if expires_at is not None and expires_at <= now_ms():
-        raise CredentialError("expires_at must be in the future")
+    """Checked before anything is written (issue 25: year 10000 rolled back with a 500)."""
+    if expires_at is None:
+        return None
+    now = now_ms()
+    latest = min(now + MAX_LIFETIME_MS, LATEST_MS)
+    if not now < expires_at <= latest:
+        raise CredentialError(
+            "expires_at must be in the future and at most 100 years ahead, "
+            f"in UTC no later than {iso(latest)}"
+        )
     return expires_at
 
 

@@ -56,11 +56,20 @@ def secret_matches(pepper: str, secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(pepper, secret), stored_hash)
 
 
+# The last instant RFC 3339's four-digit year (and Python's datetime) can show.
+LATEST_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z
+EARLIEST_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+
+
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
+    # A row stored out of range (by an older server) renders clamped rather than a 500.
+    clamped = min(max(ms, EARLIEST_MS), LATEST_MS)
     return (
-        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        datetime.fromtimestamp(clamped / 1000, UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
     )
 
 

@@ -58,6 +58,7 @@ REGISTERED_CLAIMS = frozenset(
         "org_id",
         "act",
         "credential_id",
+        "iat_ms",  # the kernel's precise issue time (oauth/rfc9068.py ISSUED_MS)
     }
 )
 _TRUE = {"1", "true", "yes", "on"}

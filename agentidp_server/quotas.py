@@ -232,7 +232,7 @@ class Quotas:
         if current is not None:
             current.rate_headers.update(window.headers())  # the answer carries its window
         if token:
-            self._check_tokens(org_id, tier, counters[2], values[2:])
+            await self._check_tokens(org_id, tier, counters[2], values[2:])
             if current is not None:
                 current.prepaid_tokens += 1
         return window
@@ -245,9 +245,36 @@ class Quotas:
         month, month_end = month_end_ms(now)
         return [tokens, Counter(f"monthly:{client_id}:{month}", expire_at_ms=month_end)], tier
 
-    def _check_tokens(self, org_id: str, tier: str, tokens: Counter, values: list[int]) -> None:
+    async def _check_tokens(
+        self, org_id: str, tier: str, tokens: Counter, values: list[int]
+    ) -> None:
         if tokens.limit > 0 and values[0] > tokens.limit:
+            # The refused token was counted in the same step (the monthly counter was
+            # not: the step stops there); the daily counter counts issued tokens only.
+            await self._give_back([tokens.key])
             raise self._over_tier(org_id, "tokens", tier, tokens)
+
+    async def _give_back(self, keys: list[str]) -> None:
+        """`kv.give_back`; when the kv is down the count stays (limits fail open anyway)."""
+        try:
+            await self.idp.kv.give_back(*keys)
+        except StorageUnavailable as error:
+            log.warning("kv unavailable (%s): a refused token stays counted", error)
+
+    async def refund_token(self, client_id: str, org_id: str) -> None:
+        """Give back one token counted (by `count_token` or `admit`) but not issued."""
+        counters, _ = await self._token_counters(client_id, org_id, int(time.time() * 1000))
+        await self._give_back([c.key for c in counters])
+
+    async def refund_prepaid(self, client_id: str, org_id: str) -> None:
+        """Give back the tokens this request's admission counted that no mint used (the
+        grant refused after its no-I/O check passed). Off the successful path."""
+        current = request_scope.current()
+        if current is None:
+            return
+        unused, current.prepaid_tokens = current.prepaid_tokens, 0
+        for _ in range(unused):
+            await self.refund_token(client_id, org_id)
 
     async def count_token(self, client_id: str, org_id: str) -> None:
         """Count one token in one kv step: the organisation's daily tokens
@@ -256,7 +283,7 @@ class Quotas:
         counters, tier = await self._token_counters(client_id, org_id, now)
         counted = await self._count(counters)
         if counted is not None:
-            self._check_tokens(org_id, tier, counters[0], counted[1])
+            await self._check_tokens(org_id, tier, counters[0], counted[1])
 
     def _auth_key(self, presented_client_id: str, address: str) -> tuple[str, int, int]:
         now = int(time.time() * 1000)

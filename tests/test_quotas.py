@@ -523,6 +523,86 @@ async def test_free_tier_daily_tokens(agentidp_client: Any, agentidp_idp: Any) -
     assert sample(agentidp_idp, "agentidp_tenant_api_calls_total", calls) == 2
 
 
+async def test_requests_refused_at_the_daily_token_limit_count_no_token(
+    agentidp_client: Any, agentidp_idp: Any, raw: RawKeys
+) -> None:
+    """`rate:tier:tokens:<org_id>` counts issued tokens only: it stays at the limit
+    however many requests are refused there (issue 15)."""
+    org = await make_org(agentidp_idp)
+    cid, org_id, secret = org["client_id"], org["org_id"], org["client_secret"]
+    await preset(agentidp_idp, "tokens", org_id, 999)
+    await token(agentidp_client, cid, secret)  # the 1,000th
+    for _ in range(3):
+        response = await token_request(agentidp_client, cid, secret)
+        await error_of(response, 429, "tier_limit_exceeded")
+    month, _ = month_and_end_ms()
+    assert await raw.get(f"rate:tier:tokens:{org_id}") == "1000"
+    assert await raw.get(f"monthly:{cid}:{month}") == "1"
+    assert await raw.get(f"rate:tier:calls:{org_id}") == "4"  # refused calls are still calls
+    left = await raw.pttl(f"rate:tier:tokens:{org_id}")
+    assert left is not None, "giving back must keep the counter's expiry"
+
+
+class RefusingGrant:
+    """A grant whose no-I/O check passes and whose `issue` then refuses (after I/O)."""
+
+    grant_type = "urn:example:refuses-after-check"
+
+    def check(self, request: Any) -> None:
+        return None
+
+    async def issue(self, request: Any) -> dict[str, Any]:
+        from agentidp_server import OAuthError
+
+        raise OAuthError("invalid_grant", "refused after looking something up")
+
+
+async def test_a_grant_refusing_after_its_check_counts_no_token(
+    agentidp_client: Any, agentidp_idp: Any, raw: RawKeys
+) -> None:
+    org = await make_org(agentidp_idp)
+    cid, org_id, secret = org["client_id"], org["org_id"], org["client_secret"]
+    await token(agentidp_client, cid, secret)
+    grants = agentidp_idp.state["core"]["grant_types"]
+    grants[RefusingGrant.grant_type] = RefusingGrant()
+    try:
+        for _ in range(2):
+            response = await agentidp_client.post(
+                TOKEN, form={"grant_type": RefusingGrant.grant_type}, headers=basic(cid, secret)
+            )
+            body = await response.get_json()
+            assert response.status_code == 400, body
+            assert body["error"] == "invalid_grant"
+    finally:
+        del grants[RefusingGrant.grant_type]
+    month, _ = month_and_end_ms()
+    assert await raw.get(f"rate:tier:tokens:{org_id}") == "1"
+    assert await raw.get(f"monthly:{cid}:{month}") == "1"
+    assert await raw.get(f"rate:tier:calls:{org_id}") == "3"
+    await token(agentidp_client, cid, secret)  # nothing left over for the next request
+    assert await raw.get(f"rate:tier:tokens:{org_id}") == "2"
+
+
+@settings_for(HELLO_ENABLED=True)
+async def test_a_mint_that_fails_after_counting_counts_no_token(
+    agentidp_client: Any, agentidp_idp: Any, raw: RawKeys
+) -> None:
+    """The fixture plugin's token_claims breaks the contract, so minting fails after
+    the token was counted with the request: the count is given back."""
+    from agentidp_hello import state
+
+    org = await make_org(agentidp_idp)
+    cid, org_id, secret = org["client_id"], org["org_id"], org["client_secret"]
+    await token(agentidp_client, cid, secret)
+    state(agentidp_idp)["extra_claims"] = {"iss": "forged"}
+    response = await token_request(agentidp_client, cid, secret)
+    assert response.status_code == 500, await response.get_json()
+    state(agentidp_idp)["extra_claims"] = {}
+    month, _ = month_and_end_ms()
+    assert await raw.get(f"rate:tier:tokens:{org_id}") == "1"
+    assert await raw.get(f"monthly:{cid}:{month}") == "1"
+
+
 @settings_for(METRICS_PER_ID_LABELS=False, RATE_LIMIT_MAX=2)
 async def test_metrics_without_id_labels(agentidp_client: Any, agentidp_idp: Any) -> None:
     window_ms = BASE["RATE_LIMIT_WINDOW_MS"]

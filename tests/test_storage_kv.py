@@ -406,3 +406,18 @@ def test_breaker_opens_fails_fast_then_lets_one_probe_through() -> None:
     assert not breaker.is_open
     assert breaker.admit()
     assert breaker.admit()
+
+
+async def test_give_back_decrements_existing_counters_only(kv: KV) -> None:
+    """A refused token's count is given back: the expiry stays, a missing key is not
+    created (it would never expire), and a counter never goes below zero."""
+    assert await kv.incr("gb:a", ttl_ms=60_000) == 1
+    assert await kv.incr("gb:a", ttl_ms=60_000) == 2
+    await kv.set("gb:zero", "0", ttl_ms=60_000)
+    await kv.give_back("gb:a", "gb:missing", "gb:zero")
+    assert await kv.get("gb:a") == "1"
+    left = await kv.pttl("gb:a")
+    assert left is not None
+    assert 0 < left <= 60_000
+    assert await kv.exists("gb:missing") is False
+    assert await kv.get("gb:zero") == "0"

@@ -83,8 +83,6 @@ async def test_agent_body_is_validated_from_the_model(agentidp_client, agentidp_
 async def test_reactivating_a_suspended_agent_does_not_revive_old_tokens(
     agentidp_client, agentidp_idp
 ):
-    import asyncio
-
     org = await make_org(agentidp_idp)
     headers = await admin_headers(agentidp_client, org)
     agent, credential = await make_agent(agentidp_client, headers)
@@ -93,7 +91,6 @@ async def test_reactivating_a_suspended_agent_does_not_revive_old_tokens(
     assert (
         await agentidp_client.patch(url, json={"status": "suspended"}, headers=headers)
     ).status_code == 200
-    await asyncio.sleep(1.1)  # token times have one-second resolution
     assert (
         await agentidp_client.patch(url, json={"status": "active"}, headers=headers)
     ).status_code == 200
@@ -109,3 +106,44 @@ async def test_reactivating_a_suspended_agent_does_not_revive_old_tokens(
 
     assert await active(old["access_token"]) is False
     assert await active(new["access_token"]) is True
+
+
+async def test_a_token_issued_in_the_second_of_a_reactivation_is_active(
+    agentidp_client, agentidp_idp
+):
+    """Suspend at t, reactivate at t+0.3 s, token at t+0.5 s: active; a token issued
+    before the suspension in that same second stays inactive (issue 25 item 7)."""
+    import asyncio
+
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    agent, credential = await make_agent(agentidp_client, headers)
+    url = f"/api/v1/agents/{agent['agent_id']}"
+    cid, secret = credential["client_id"], credential["client_secret"]
+
+    async def active(value: str) -> bool:
+        response = await agentidp_client.post(
+            "/api/v1/token/introspect",
+            form={"token": value},
+            headers=basic(org["client_id"], org["client_secret"]),
+        )
+        return bool((await response.get_json())["active"])
+
+    def iat(value: str) -> int:
+        return int(json.loads(base64.urlsafe_b64decode(value.split(".")[1] + "=="))["iat"])
+
+    # The case needs all four steps in one second: start just after a second begins,
+    # and try again in a later second if a slow machine spilled over.
+    for _ in range(5):
+        await asyncio.sleep(1 - time.time() % 1 + 0.01)
+        old = (await token(agentidp_client, cid, secret))["access_token"]
+        for status in ("suspended", "active"):
+            response = await agentidp_client.patch(url, json={"status": status}, headers=headers)
+            assert response.status_code == 200, await response.get_json()
+        new = (await token(agentidp_client, cid, secret))["access_token"]
+        if iat(old) == iat(new):
+            break
+    else:
+        raise AssertionError("no second held the suspension and both tokens")
+    assert await active(old) is False
+    assert await active(new) is True

@@ -93,7 +93,12 @@ async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
         raise OAuthError("invalid_request", "grant_type is required")
     if grant is None:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type} is not supported")
-    body: dict[str, Any] = await grant.issue(TokenRequest(idp, client, params))
+    try:
+        body: dict[str, Any] = await grant.issue(TokenRequest(idp, client, params))
+    except Exception:
+        # A grant may refuse after its no-I/O check passed: no token, so none counted.
+        await idp.quotas.refund_prepaid(client.client_id, client.org_id)
+        raise
     if "access_token" in body and idp.hooks.implemented("token_response"):
         context = {
             "agent": client.agent,

@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import suppress
 from functools import cached_property
 from typing import Any
@@ -27,6 +28,9 @@ SIGNATURE_INVALID = "Token signature is invalid"
 # Set by a resync to its time: when the kv copy of the revocations was last complete.
 SYNC_MARKER = "agentidp:revocations-synced"
 _REVOKED_SQL = "EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = {jti})"
+# A private claim (RFC 7519 §4.3): the issue time in ms, so a token issued just after a
+# reactivation (in the suspension's second) is active; `iat` has one-second granularity.
+ISSUED_MS = "iat_ms"
 
 
 class InvalidToken(Exception):
@@ -36,6 +40,20 @@ class InvalidToken(Exception):
 def _segment(part: str) -> Any:
     """One base64url JSON segment of a compact JWS (decoded, not verified)."""
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def issued_at_ms(claims: Mapping[str, Any]) -> int:
+    """When a token was issued, in unix ms, to compare with `tokens_valid_after`.
+
+    A token without `iat_ms` (an older server's) counts from the start of its `iat`
+    second: one issued in the second of a suspension stays inactive, as it was.
+    """
+    iat = claims.get("iat")
+    seconds = iat if isinstance(iat, int) else 0
+    precise = claims.get(ISSUED_MS)
+    if isinstance(precise, int) and precise // 1000 == seconds:
+        return precise
+    return seconds * 1000
 
 
 def access_token_claims(token: str) -> dict[str, Any]:
@@ -77,41 +95,50 @@ class TokenService:
         # runbook's monthly counter) before it exists: here, or with its request's admission.
         if not request_scope.take_prepaid_token():
             await self.idp.quotas.count_token(client_id, agent["org_id"])
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": self.idp.issuer,
-            "sub": agent["agent_id"],
-            "aud": audience,
-            "client_id": client_id,
-            "scope": " ".join(scopes),
-            "jti": new_id(),
-            "iat": now,
-            "exp": now + (lifetime if lifetime is not None else self.ttl),
-            "org_id": agent["org_id"],
-            "credential_id": credential_id,
-        }
-        claims.update(extra or {})
-        context = {"agent": agent, "grant_type": grant_type, "claims": dict(claims)}
-        claims.update(await self.idp.hooks.token_claims(self.idp, context))
-        token = self.idp.keys.sign(claims, TOKEN_TYPE)
-        # The token is returned only once its issuance event has committed.
-        await self.idp.audit.record(
-            self.idp.db,
-            org_id=agent["org_id"],
-            action="token.issued",
-            actor=Actor(client_id=client_id, agent_id=agent["agent_id"]),
-            target_type="token",
-            target_id=claims["jti"],
-            details={
-                "grant_type": grant_type,
-                "scope": claims["scope"],
-                "aud": claims["aud"],
-                "exp": claims["exp"],
+        try:
+            issued_ms = now_ms()
+            now = issued_ms // 1000
+            claims: dict[str, Any] = {
+                "iss": self.idp.issuer,
+                "sub": agent["agent_id"],
+                "aud": audience,
+                "client_id": client_id,
+                "scope": " ".join(scopes),
+                "jti": new_id(),
+                "iat": now,
+                "exp": now + (lifetime if lifetime is not None else self.ttl),
+                "org_id": agent["org_id"],
                 "credential_id": credential_id,
-                **({"act": claims["act"]} if "act" in claims else {}),
-            },
-        )
-        return token, claims
+                # `iat` is whole seconds (RFC 7519 §2); suspensions are compared in ms.
+                ISSUED_MS: issued_ms,
+            }
+            claims.update(extra or {})
+            context = {"agent": agent, "grant_type": grant_type, "claims": dict(claims)}
+            claims.update(await self.idp.hooks.token_claims(self.idp, context))
+            token = self.idp.keys.sign(claims, TOKEN_TYPE)
+            # The token is returned only once its issuance event has committed.
+            await self.idp.audit.record(
+                self.idp.db,
+                org_id=agent["org_id"],
+                action="token.issued",
+                actor=Actor(client_id=client_id, agent_id=agent["agent_id"]),
+                target_type="token",
+                target_id=claims["jti"],
+                details={
+                    "grant_type": grant_type,
+                    "scope": claims["scope"],
+                    "aud": claims["aud"],
+                    "exp": claims["exp"],
+                    "credential_id": credential_id,
+                    **({"act": claims["act"]} if "act" in claims else {}),
+                },
+            )
+            return token, claims
+        except Exception:
+            # Counted but not issued (a hook, the key or the audit failed): the daily and
+            # monthly counters count issued tokens only.
+            await self.idp.quotas.refund_token(client_id, agent["org_id"])
+            raise
 
     def verify_signature(self, token: str) -> dict[str, Any]:
         """Signature, `typ`, `iss` and `exp`; InvalidToken says which failed."""
@@ -166,7 +193,7 @@ class TokenService:
         if row is None or row["status"] != "active" or row["org_id"] != claims["org_id"]:
             raise InvalidToken("Token's agent is not active")
         cutoff = row["tokens_valid_after"]
-        if cutoff is not None and int(claims.get("iat", 0)) <= cutoff:
+        if cutoff is not None and issued_at_ms(claims) <= cutoff:
             raise InvalidToken("Token was issued before the agent was suspended")
         # A revoked or deleted credential ends its tokens (an expired one does not).
         if isinstance(credential_id, str) and row["credential_status"] != "active":

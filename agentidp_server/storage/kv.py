@@ -62,6 +62,11 @@ class KV(Protocol):
         """
         ...
 
+    async def give_back(self, *keys: str) -> None:
+        """Decrement each existing counter above zero by one, keeping its expiry; a
+        missing key is not created. For a count taken for what then did not happen."""
+        ...
+
     async def pttl(self, key: str) -> int | None:
         """Milliseconds left; None for a missing key or one without expiry."""
         ...

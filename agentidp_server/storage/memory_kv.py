@@ -87,6 +87,12 @@ class MemoryKV:
         self._values[key] = str(value)
         return value
 
+    async def give_back(self, *keys: str) -> None:
+        for key in keys:
+            key = self._prefix + key
+            if self._live(key) and int(self._values[key]) > 0:
+                self._values[key] = str(int(self._values[key]) - 1)
+
     async def incr_many(
         self, counters: Sequence[Counter], guard: Guard | None = None
     ) -> tuple[int, list[int]]:

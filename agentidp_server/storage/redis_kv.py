@@ -55,6 +55,14 @@ def _connection_class(scheme: str) -> dict[str, Any]:
 BATCH_MAX = 512  # steps per script run
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
+# DECR keeps the key's expiry; a missing (expired) key must not come back without one.
+_GIVE_BACK = """
+for _, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+end
+return 0
+"""
+
 # INCR and its expiry in one step, so a crash between them cannot leave a
 # counter that never expires.
 _INCR_EXPIRE = """
@@ -183,6 +191,7 @@ class RedisKV:
         self._observer = observer
         self._incr = client.register_script(_INCR_EXPIRE)
         self._incr_steps = client.register_script(_INCR_STEPS)
+        self._give_back = client.register_script(_GIVE_BACK)
         # Concurrent counter steps share one script run: one command per batch,
         # while each step stays atomic and fails alone.
         self._counting: Batcher[tuple[list[str], list[Any]], Any] = Batcher(
@@ -276,6 +285,11 @@ class RedisKV:
                 raise ValueError("value is not an integer or out of range") from error
             raise
         return int(value)
+
+    async def give_back(self, *keys: str) -> None:
+        if keys:
+            names = [self._k(key) for key in keys]
+            await self._call("give_back", lambda: self._give_back(keys=names))
 
     async def incr_many(
         self, counters: Sequence[Counter], guard: Guard | None = None

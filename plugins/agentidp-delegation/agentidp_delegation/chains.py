@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentidp_server import IdP
+from agentidp_server import IdP, issued_at_ms
 
 from agentidp_delegation import store
 
@@ -105,7 +105,7 @@ async def status(idp: IdP, claims: Mapping[str, Any]) -> str | None:
     reason = check_links(claims, chain, await store.grants_by_id(idp.db, chain))
     if reason is not None:
         return reason
-    issued_at = int(claims.get("iat", 0))
+    issued_at = issued_at_ms(claims)  # `tokens_valid_after` is unix ms
     for actor_id in actors(claims.get("act")):
         agent = await idp.agents.get(actor_id)
         if agent is None or agent["status"] != "active" or agent["org_id"] != claims["org_id"]:

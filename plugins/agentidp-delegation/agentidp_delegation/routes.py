@@ -35,6 +35,11 @@ SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 FIELDS = frozenset({"delegator", "delegatee", "scopes", "audience", "expires_at", "max_depth"})
 MAX_SCOPES = 100
 MAX_TEXT = 1000
+# RFC 8693 tokens are bounded by ACCESS_TOKEN_TTL anyway; a grant past a century is a typo.
+MAX_GRANT_LIFETIME_MS = 100 * 365 * 86_400_000
+# The last instant Python's datetime (and RFC 3339's four-digit year) can show.
+LATEST_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
+EARLIEST_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 class DelegationCreate(BaseModel):
@@ -100,7 +105,8 @@ def _not_found() -> ApiError:
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    # A row an older server stored out of range still renders (clamped), never a 500.
+    moment = datetime.fromtimestamp(min(max(ms, EARLIEST_MS), LATEST_MS) / 1000, UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -167,8 +173,13 @@ def _parse_expiry(value: Any) -> int | None:
     if moment.tzinfo is None:
         raise _bad("expires_at must carry a UTC offset or Z")
     expires_at = int(moment.timestamp() * 1000)
-    if expires_at <= store.now_ms():
-        raise _bad("expires_at must be in the future")
+    now = store.now_ms()
+    latest = min(now + MAX_GRANT_LIFETIME_MS, LATEST_MS)
+    if not now < expires_at <= latest:
+        raise _bad(
+            "expires_at must be in the future and at most 100 years ahead, "
+            f"in UTC no later than {_iso(latest)}"
+        )
     return expires_at
 
 

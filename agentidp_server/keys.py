@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from functools import cached_property
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -41,6 +42,12 @@ ALGORITHMS = ("RS256", "ES256", "EdDSA")
 Key = jwk.RSAKey | jwk.ECKey | jwk.OKPKey
 # Verifiers' clocks and JWKS caches lag a little; keep superseded keys this much longer.
 PUBLISH_MARGIN_MS = 60_000
+PREVIOUS = "previous"  # the source of a key from JWT_PREVIOUS_PUBLIC_KEYS
+UNDECRYPTABLE_FIX = (
+    "set KEY_STORE_SECRET_PREVIOUS to the secret it was stored with, then run "
+    "`agentidp keys reencrypt`"
+)
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
 
 
 class KeyError_(Exception):
@@ -126,6 +133,9 @@ class SigningKey:
     def state(self, now: int, token_ttl_ms: int) -> str:
         if self.revoked_at is not None:
             return "revoked"
+        if self.source == PREVIOUS:
+            # Verifies until the operator removes it from JWT_PREVIOUS_PUBLIC_KEYS; never signs.
+            return "retired"
         if now < self.activates_at:
             return "published"
         if self.superseded_at is None or now < self.superseded_at:
@@ -138,6 +148,84 @@ class SigningKey:
 def _fernet(secret: str) -> Fernet:
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"agentidp-keystore", info=b"v1")
     return Fernet(base64.urlsafe_b64encode(derived.derive(secret.encode())))
+
+
+def _decrypter(settings: Any) -> MultiFernet:
+    """The current secret first, then KEY_STORE_SECRET_PREVIOUS (a secret being rotated out)."""
+    secrets = [settings.KEY_STORE_SECRET]
+    if settings.get("KEY_STORE_SECRET_PREVIOUS"):
+        secrets.append(settings.KEY_STORE_SECRET_PREVIOUS)
+    return MultiFernet([_fernet(secret) for secret in secrets])
+
+
+def _undecryptable(kid: str) -> KeyError_:
+    return KeyError_(
+        f"signing key {kid} cannot be decrypted with KEY_STORE_SECRET"
+        " or KEY_STORE_SECRET_PREVIOUS: " + UNDECRYPTABLE_FIX
+    )
+
+
+def _pem(value: str) -> str:
+    # Environment variables often carry a PEM with its newlines escaped.
+    return value.replace("\\n", "\n")
+
+
+def _previous_keys(settings: Any) -> list[SigningKey]:
+    """JWT_PREVIOUS_PUBLIC_KEYS: published and accepted, never used to sign."""
+    keys = []
+    for block in _PEM_BLOCK.findall(_pem(settings.get("JWT_PREVIOUS_PUBLIC_KEYS") or "")):
+        key = _import(block)
+        key.ensure_kid()
+        keys.append(SigningKey(str(key.kid), algorithm_for(key), key, 0, 0, source=PREVIOUS))
+    return keys
+
+
+def key_setting_problems(settings: Any) -> list[str]:
+    """One line per unusable key setting; never quotes a key (settings.validate calls this)."""
+    private_pem = settings.get("JWT_PRIVATE_KEY") or ""
+    public_pem = settings.get("JWT_PUBLIC_KEY") or ""
+    problems: list[str] = []
+    private: Key | None = None
+    if public_pem and not private_pem:
+        problems.append(
+            "JWT_PUBLIC_KEY is set without JWT_PRIVATE_KEY: set both, or neither to use the "
+            "key store (an old public key goes in JWT_PREVIOUS_PUBLIC_KEYS)"
+        )
+    if private_pem:
+        try:
+            private = _import(_pem(private_pem))
+            algorithm_for(private)
+        except KeyError_:
+            private = None
+            problems.append(f"JWT_PRIVATE_KEY is not {PEM_KINDS} private key")
+        else:
+            if not private.is_private:
+                problems.append("JWT_PRIVATE_KEY is a public key, not a private one")
+    if public_pem:
+        try:
+            public = _import(_pem(public_pem))
+        except KeyError_:
+            problems.append(f"JWT_PUBLIC_KEY is not {PEM_KINDS} public key")
+        else:
+            if private is not None and public.as_dict(private=False) != private.as_dict(
+                private=False
+            ):
+                problems.append("JWT_PUBLIC_KEY is not the public half of JWT_PRIVATE_KEY")
+    previous = _pem(settings.get("JWT_PREVIOUS_PUBLIC_KEYS") or "")
+    blocks = _PEM_BLOCK.findall(previous)
+    if previous.strip() and not blocks:
+        problems.append(
+            "JWT_PREVIOUS_PUBLIC_KEYS must hold PEM public keys (RSA, EC P-256 or Ed25519)"
+        )
+    for number, block in enumerate(blocks, 1):
+        try:
+            algorithm_for(_import(block))
+        except KeyError_:
+            problems.append(f"JWT_PREVIOUS_PUBLIC_KEYS: key {number} is not {PEM_KINDS} public key")
+    return problems
+
+
+PEM_KINDS = "a PEM RSA, EC P-256 or Ed25519"
 
 
 def _import(pem: str | bytes) -> Key:
@@ -158,6 +246,7 @@ class Keyring:
         self._settings = settings
         self._keys: list[SigningKey] = []
         self._static = self._load_static()
+        self._previous = _previous_keys(settings)
 
     @cached_property
     def token_ttl_ms(self) -> int:
@@ -168,10 +257,10 @@ class Keyring:
         private_pem = self._settings.JWT_PRIVATE_KEY
         if not private_pem:
             return None
-        key = _import(private_pem.replace("\\n", "\n"))
+        key = _import(_pem(private_pem))
         public_pem = self._settings.JWT_PUBLIC_KEY
         if public_pem:
-            public = _import(public_pem.replace("\\n", "\n"))
+            public = _import(_pem(public_pem))
             if public.as_dict(private=False) != key.as_dict(private=False):
                 raise KeyError_("JWT_PUBLIC_KEY is not the public half of JWT_PRIVATE_KEY")
         key.ensure_kid()
@@ -181,25 +270,27 @@ class Keyring:
     def uses_store(self) -> bool:
         return self._static is None
 
-    async def load(self, db: Database) -> None:
-        """Read the store; with no key at all, create the first one (under a lock)."""
+    def _with_previous(self, keys: list[SigningKey]) -> list[SigningKey]:
+        loaded = {k.kid for k in keys}
+        return [*(k for k in self._previous if k.kid not in loaded), *keys]
+
+    async def load(self, db: Database, *, create: bool = True) -> None:
+        """Read the store; with no key at all and `create`, create the first one (under a
+        lock). Raises KeyError_ naming the fix when a stored key cannot be decrypted."""
         if self._static is not None:
-            self._keys = [self._static]
+            self._keys = self._with_previous([self._static])
             return
         rows = await db.fetch("SELECT * FROM signing_keys ORDER BY activates_at, kid")
-        if not rows:
+        if not rows and create:
             await self.rotate(db, delay_s=0, only_if_empty=True)
             rows = await db.fetch("SELECT * FROM signing_keys ORDER BY activates_at, kid")
-        fernet = _fernet(self._settings.KEY_STORE_SECRET)
+        fernet = _decrypter(self._settings)
         keys: list[SigningKey] = []
         for row in rows:
             try:
                 pem = fernet.decrypt(row["private_key"].encode())
-            except InvalidToken as error:
-                raise KeyError_(
-                    f"signing key {row['kid']} cannot be decrypted: KEY_STORE_SECRET differs "
-                    "from the one it was stored with"
-                ) from error
+            except InvalidToken:
+                raise _undecryptable(row["kid"]) from None
             keys.append(
                 SigningKey(
                     row["kid"],
@@ -213,18 +304,59 @@ class Keyring:
         # A key is superseded when the next key starts signing (revoked or not:
         # revoking the newest key must not bring an older one back to signing).
         superseded = {a.kid: b.activates_at for a, b in pairwise(keys)}
-        self._keys = [
-            SigningKey(
-                k.kid,
-                k.alg,
-                k.key,
-                k.created_at,
-                k.activates_at,
-                k.revoked_at,
-                superseded.get(k.kid),
-            )
-            for k in keys
-        ]
+        self._keys = self._with_previous(
+            [
+                SigningKey(
+                    k.kid,
+                    k.alg,
+                    k.key,
+                    k.created_at,
+                    k.activates_at,
+                    k.revoked_at,
+                    superseded.get(k.kid),
+                )
+                for k in keys
+            ]
+        )
+
+    async def reencrypt(self, db: Database, audit: AuditLog | None = None) -> int:
+        """Re-encrypt every stored private key under KEY_STORE_SECRET, in one transaction,
+        so that KEY_STORE_SECRET_PREVIOUS can be dropped; returns how many changed."""
+        current = _fernet(self._settings.KEY_STORE_SECRET)
+        fernet = _decrypter(self._settings)
+        changed: list[str] = []
+        async with db.transaction(exclusive_lock=lock_key("signing_keys")) as conn:
+            rows = await conn.fetch("SELECT kid, private_key FROM signing_keys ORDER BY kid")
+            for row in rows:
+                token = row["private_key"].encode()
+                try:
+                    current.decrypt(token)
+                    continue  # already under the current secret
+                except InvalidToken:
+                    pass
+                try:
+                    pem = fernet.decrypt(token)
+                except InvalidToken:
+                    raise _undecryptable(row["kid"]) from None
+                await conn.execute(
+                    "UPDATE signing_keys SET private_key = $1 WHERE kid = $2",
+                    current.encrypt(pem).decode(),
+                    row["kid"],
+                )
+                changed.append(row["kid"])
+            if changed and audit is not None:
+                event = await audit.append(
+                    conn,
+                    org_id=None,
+                    action="key.reencrypted",
+                    target_type="signing_key",
+                    target_id=None,
+                    details={"kids": changed},
+                )
+        if changed and audit is not None:
+            audit.published(event)
+        log.info("Re-encrypted %d signing key(s) under the current KEY_STORE_SECRET", len(changed))
+        return len(changed)
 
     async def rotate(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -35,6 +36,7 @@ from agentidp_server.storage.db import Database, lock_key
 
 if TYPE_CHECKING:
     from agentidp_server.audit import AuditLog
+    from agentidp_server.storage.postgres import PostgresDatabase
 
 log = logging.getLogger("agentidp.keys")
 
@@ -43,6 +45,8 @@ Key = jwk.RSAKey | jwk.ECKey | jwk.OKPKey
 # Verifiers' clocks and JWKS caches lag a little; keep superseded keys this much longer.
 PUBLISH_MARGIN_MS = 60_000
 PREVIOUS = "previous"  # the source of a key from JWT_PREVIOUS_PUBLIC_KEYS
+# PostgreSQL channel on which a key change is announced (sent on commit) to every process.
+KEYS_CHANNEL = "agentidp_keys"
 UNDECRYPTABLE_FIX = (
     "set KEY_STORE_SECRET_PREVIOUS to the secret it was stored with, then run "
     "`agentidp keys reencrypt`"
@@ -143,6 +147,12 @@ class SigningKey:
         if now < self.superseded_at + token_ttl_ms + PUBLISH_MARGIN_MS:
             return "retired"
         return "expired"
+
+
+async def _announce(conn: Any, db: Database) -> None:
+    """Tell every process that the keys changed; PostgreSQL sends it when `conn` commits."""
+    if db.dialect == "postgresql":
+        await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, "changed")
 
 
 def _fernet(secret: str) -> Fernet:
@@ -369,6 +379,9 @@ class Keyring:
         """Add a key that is published now and signs after the activation delay."""
         if not self.uses_store:
             raise KeyError_("keys come from JWT_PRIVATE_KEY; rotate them by changing the settings")
+        if not only_if_empty:
+            # Never add a key under a secret the stored ones were not written with.
+            await self.load(db, create=False)
         alg = self._settings.JWT_ALGORITHM
         key = generate(alg)
         key.ensure_kid()
@@ -390,6 +403,7 @@ class Keyring:
                 now,
                 now + int(delay * 1000),
             )
+            await _announce(conn, db)
             if audit is not None:
                 event = await audit.append(
                     conn,
@@ -407,6 +421,8 @@ class Keyring:
             alg,
             iso(now + int(delay * 1000)),
         )
+        if not only_if_empty:  # load() creates the first key and reads it itself
+            await self.load(db, create=False)  # published here at once; elsewhere by notification
         return SigningKey(str(key.kid), alg, key, now, now + int(delay * 1000))
 
     async def revoke(self, db: Database, kid: str, audit: AuditLog | None = None) -> bool:
@@ -416,6 +432,8 @@ class Keyring:
                 _now_ms(),
                 kid,
             )
+            if count:
+                await _announce(conn, db)
             if count and audit is not None:
                 event = await audit.append(
                     conn,
@@ -426,6 +444,8 @@ class Keyring:
                 )
         if count and audit is not None:
             audit.published(event)
+        if count:
+            await self.load(db, create=False)
         return count > 0
 
     def states(self, now: int | None = None) -> list[tuple[SigningKey, str]]:
@@ -462,6 +482,30 @@ class Keyring:
         return self.signing_key().encode(claims, typ)
 
     async def refresh_forever(self, db: Database) -> None:
-        while True:
-            await asyncio.sleep(float(self._settings.KEYS_REFRESH_INTERVAL))
-            await self.load(db)
+        """Reload every KEYS_REFRESH_INTERVAL and, on PostgreSQL, as soon as any process
+        announces a change (the storage port's LISTEN connection, as the client cache's)."""
+        interval = float(self._settings.KEYS_REFRESH_INTERVAL)
+        if db.dialect != "postgresql":
+            # SQLite serves one process, and rotate/revoke reload it themselves.
+            while True:
+                await asyncio.sleep(interval)
+                await self.load(db)
+        wake = asyncio.Event()
+        lost = False
+
+        def on_lost() -> None:
+            nonlocal lost
+            lost = True
+            wake.set()
+
+        async with cast("PostgresDatabase", db).listen(
+            KEYS_CHANNEL, lambda _payload: wake.set(), on_lost
+        ):
+            await self.load(db)  # a change committed before LISTEN took effect
+            while not lost:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
+                wake.clear()
+                await self.load(db)
+        # The supervisor restarts this task, which listens again.
+        raise KeyError_("the key-change notification connection was lost")

@@ -219,6 +219,10 @@ async def test_key_store_secret_rotation(agentidp_client, agentidp_idp):
     assert raised.value.__suppress_context__
     assert NEW_SECRET not in message
     assert OLD_SECRET not in message
+    # Nor does it add a key under a secret the stored ones were not written with.
+    with pytest.raises(KeyError_, match="cannot be decrypted"):
+        await stuck.rotate(idp.db, delay_s=0)
+    assert await idp.db.fetchval("SELECT COUNT(*) FROM signing_keys") == 1
 
     # With the old secret as KEY_STORE_SECRET_PREVIOUS the keys load and sign.
     rotating = _keyring(idp, KEY_STORE_SECRET=NEW_SECRET, KEY_STORE_SECRET_PREVIOUS=OLD_SECRET)
@@ -249,7 +253,11 @@ async def test_reencrypt_writes_nothing_when_a_key_cannot_be_decrypted(agentidp_
     idp = agentidp_idp
     first = idp.keys.signing_key().kid
     # One key under another secret (a store two rotations behind).
-    elsewhere = _keyring(idp, KEY_STORE_SECRET="yet-another-secret-that-is-32-bytes-long")
+    elsewhere = _keyring(
+        idp,
+        KEY_STORE_SECRET="yet-another-secret-that-is-32-bytes-long",
+        KEY_STORE_SECRET_PREVIOUS=OLD_SECRET,
+    )
     while True:
         # reencrypt walks keys by kid: put the bad one after the good one, so that a
         # non-transactional rewrite would have changed the good one before failing.
@@ -267,6 +275,67 @@ async def test_reencrypt_writes_nothing_when_a_key_cannot_be_decrypted(agentidp_
     assert after == before  # one transaction: the decryptable key was not rewritten either
     assert first in after
     assert await _audited(idp, "key.reencrypted") == []
+
+
+# Every process publishes a rotation at once ---------------------------------------
+
+# Far beyond any test: only an announcement can make another process reload in time.
+SLOW_REFRESH = {"KEYS_REFRESH_INTERVAL": 3600, "KEY_ACTIVATION_DELAY": 3600}
+
+
+@pytest.mark.parametrize("agentidp_overrides", [SLOW_REFRESH], indirect=True)
+async def test_rotation_and_revocation_are_published_at_once_in_this_process(
+    agentidp_client, agentidp_idp
+):
+    idp = agentidp_idp
+    old = idp.keys.signing_key().kid
+    new = await idp.keys.rotate(idp.db)  # no load() call: rotate reloads this process
+    assert new is not None
+    assert {k["kid"] for k in (await jwks_of(agentidp_client))["keys"]} == {old, new.kid}
+    assert await idp.keys.revoke(idp.db, new.kid)
+    assert {k["kid"] for k in (await jwks_of(agentidp_client))["keys"]} == {old}
+
+
+async def _published(client: Any) -> set[str]:
+    return {k["kid"] for k in (await jwks_of(client))["keys"]}
+
+
+async def _eventually(check: Any, what: str) -> None:
+    """Wait for a notification's effect; the bound only stops a hung test (no timing claim)."""
+    for _ in range(300):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize("agentidp_backend", ["postgres"])  # SQLite serves one process only
+@pytest.mark.parametrize("agentidp_overrides", [SLOW_REFRESH], indirect=True)
+async def test_another_process_publishes_a_rotation_at_once(
+    agentidp_client, agentidp_idp, agentidp_settings
+):
+    idp = agentidp_idp
+    old = idp.keys.signing_key().kid
+    # A second server on the same database, as another worker or pod is.
+    other_app = create_app(
+        load_settings(env="test", overrides=agentidp_settings.to_dict(), environ={})
+    )
+    async with other_app.test_app() as other:
+        other_client = other.test_client()
+        assert await _published(other_client) == {old}
+        new = await idp.keys.rotate(idp.db)
+        assert new is not None
+
+        async def has_new() -> bool:
+            return await _published(other_client) == {old, new.kid}
+
+        await _eventually(has_new, "the other process never published the rotated key")
+        assert await idp.keys.revoke(idp.db, old)
+
+        async def dropped_old() -> bool:
+            return await _published(other_client) == {new.kid}
+
+        await _eventually(dropped_old, "the other process still publishes the revoked key")
 
 
 # Keys from settings ---------------------------------------------------------------

@@ -33,6 +33,7 @@ from joserfc import jwk
 from agentidp_server import json_codec
 from agentidp_server.ids import iso
 from agentidp_server.storage.db import Database, lock_key
+from agentidp_server.storage.errors import StorageUnavailable
 
 if TYPE_CHECKING:
     from agentidp_server.audit import AuditLog
@@ -47,6 +48,7 @@ PUBLISH_MARGIN_MS = 60_000
 PREVIOUS = "previous"  # the source of a key from JWT_PREVIOUS_PUBLIC_KEYS
 # PostgreSQL channel on which a key change is announced (sent on commit) to every process.
 KEYS_CHANNEL = "agentidp_keys"
+LISTEN_RETRY_MIN, LISTEN_RETRY_MAX = 1.0, 30.0
 UNDECRYPTABLE_FIX = (
     "set KEY_STORE_SECRET_PREVIOUS to the secret it was stored with, then run "
     "`agentidp keys reencrypt`"
@@ -490,6 +492,22 @@ class Keyring:
             while True:
                 await asyncio.sleep(interval)
                 await self.load(db)
+        delay, said = LISTEN_RETRY_MIN, ""
+        while True:
+            try:
+                await self._listen(cast("PostgresDatabase", db), interval)
+                why = "the notification connection was lost"
+                delay = LISTEN_RETRY_MIN  # it was listening: reconnect promptly
+            except StorageUnavailable as error:
+                why = f"PostgreSQL is unavailable ({error})"
+            if why != said:  # once per reason, not once per retry
+                log.warning("Key changes are not being announced to this worker: %s", why)
+                said = why
+            await asyncio.sleep(min(delay, interval))
+            delay = min(delay * 2, LISTEN_RETRY_MAX)
+
+    async def _listen(self, db: PostgresDatabase, interval: float) -> None:
+        """Reload on each announcement (and every `interval`) until the connection is lost."""
         wake = asyncio.Event()
         lost = False
 
@@ -498,14 +516,11 @@ class Keyring:
             lost = True
             wake.set()
 
-        async with cast("PostgresDatabase", db).listen(
-            KEYS_CHANNEL, lambda _payload: wake.set(), on_lost
-        ):
+        async with db.listen(KEYS_CHANNEL, lambda _payload: wake.set(), on_lost):
             await self.load(db)  # a change committed before LISTEN took effect
             while not lost:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), interval)
                 wake.clear()
-                await self.load(db)
-        # The supervisor restarts this task, which listens again.
-        raise KeyError_("the key-change notification connection was lost")
+                if not lost:
+                    await self.load(db)

@@ -25,6 +25,7 @@ from agentidp_server.keys import KeyError_, Keyring
 from agentidp_server.oauth.rfc9068 import SIGNATURE_INVALID
 from agentidp_server.settings import SettingsError, load_settings
 from agentidp_server.testkit import admin_headers, basic, embedded_settings, make_org, token
+from tests.faultproxy import FaultProxy
 
 ISSUER = "http://localhost:3000"
 
@@ -669,3 +670,30 @@ def test_cli_after_a_key_store_secret_change(tmp_path):
     assert moved.stdout.strip() == "re-encrypted 1 key(s) under KEY_STORE_SECRET"
     listed = run_cli(tmp_path, "keys", "list", KEY_STORE_SECRET=NEW_SECRET)
     assert listed.stdout.splitlines()[1].split("\t")[:3] == [kid, "RS256", "active"]
+
+
+@pytest.mark.parametrize("agentidp_backend", ["postgres"])  # SQLite serves one process only
+@pytest.mark.parametrize("agentidp_overrides", [SLOW_REFRESH], indirect=True)
+async def test_announcements_resume_after_the_database_connection_is_lost(
+    agentidp_client, agentidp_idp, agentidp_settings
+):
+    idp = agentidp_idp
+    old = idp.keys.signing_key().kid
+    async with FaultProxy.for_url(agentidp_settings.DATABASE_URL) as proxy:
+        settings = {
+            **agentidp_settings.to_dict(),
+            "DATABASE_URL": proxy.url(agentidp_settings.DATABASE_URL),
+        }
+        other_app = create_app(load_settings(env="test", overrides=settings, environ={}))
+        async with other_app.test_app() as other:
+            other_client = other.test_client()
+            assert await _published(other_client) == {old}
+            await proxy.down()  # the other worker's LISTEN connection is cut
+            await proxy.up()
+            new = await idp.keys.rotate(idp.db)
+            assert new is not None
+
+            async def has_new() -> bool:
+                return await _published(other_client) == {old, new.kid}
+
+            await _eventually(has_new, "the other process stopped hearing of key changes")

@@ -194,8 +194,11 @@ def _previous_keys(settings: Any) -> list[SigningKey]:
 
 def key_setting_problems(settings: Any) -> list[str]:
     """One line per unusable key setting; never quotes a key (settings.validate calls this)."""
-    private_pem = settings.get("JWT_PRIVATE_KEY") or ""
-    public_pem = settings.get("JWT_PUBLIC_KEY") or ""
+    # A value that is not text already has its type line (Setting.problem).
+    private_pem, public_pem, previous = (
+        value if isinstance(value := settings.get(name), str) else ""
+        for name in ("JWT_PRIVATE_KEY", "JWT_PUBLIC_KEY", "JWT_PREVIOUS_PUBLIC_KEYS")
+    )
     problems: list[str] = []
     private: Key | None = None
     if public_pem and not private_pem:
@@ -223,7 +226,7 @@ def key_setting_problems(settings: Any) -> list[str]:
                 private=False
             ):
                 problems.append("JWT_PUBLIC_KEY is not the public half of JWT_PRIVATE_KEY")
-    previous = _pem(settings.get("JWT_PREVIOUS_PUBLIC_KEYS") or "")
+    previous = _pem(previous)
     blocks = _PEM_BLOCK.findall(previous)
     if previous.strip() and not blocks:
         problems.append(
@@ -231,9 +234,15 @@ def key_setting_problems(settings: Any) -> list[str]:
         )
     for number, block in enumerate(blocks, 1):
         try:
-            algorithm_for(_import(block))
+            old = _import(block)
+            algorithm_for(old)
         except KeyError_:
             problems.append(f"JWT_PREVIOUS_PUBLIC_KEYS: key {number} is not {PEM_KINDS} public key")
+        else:
+            if old.is_private:  # a retired private key has no business in the settings
+                problems.append(
+                    f"JWT_PREVIOUS_PUBLIC_KEYS: key {number} is a private key; give its public half"
+                )
     return problems
 
 

@@ -432,11 +432,23 @@ GARBAGE_PEM = "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"
             "JWT_PREVIOUS_PUBLIC_KEYS: key 2 is not a PEM RSA, EC P-256 or Ed25519 public key",
         ),
         (
+            {"JWT_PREVIOUS_PUBLIC_KEYS": PRIVATE_PEM},
+            "JWT_PREVIOUS_PUBLIC_KEYS: key 1 is a private key; give its public half",
+        ),
+        (
             {"JWT_PREVIOUS_PUBLIC_KEYS": "not a pem"},
             "JWT_PREVIOUS_PUBLIC_KEYS must hold PEM public keys (RSA, EC P-256 or Ed25519)",
         ),
     ],
-    ids=["mismatched", "garbage", "public_as_private", "public_only", "bad_previous", "no_pem"],
+    ids=[
+        "mismatched",
+        "garbage",
+        "public_as_private",
+        "public_only",
+        "bad_previous",
+        "private_previous",
+        "no_pem",
+    ],
 )
 def test_unusable_key_settings_are_one_settings_line(tmp_path, overrides, line):
     settings = embedded_settings(tmp_path, **overrides)

@@ -266,7 +266,9 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "KEYS_REFRESH_INTERVAL",
         30,
-        "Seconds between reloads of the key store in each worker",
+        "Seconds between reloads of the key store in each worker (on PostgreSQL a rotation "
+        "or revocation reaches every worker at once through LISTEN/NOTIFY; this bounds a "
+        "lost notification)",
         (int, float),
         _positive,
     ),

@@ -268,6 +268,7 @@ class Keyring:
         self._keys: list[SigningKey] = []
         self._static = self._load_static()
         self._previous = _previous_keys(settings)
+        self._reload_error = ""  # the last refresh failure logged, said once
 
     @cached_property
     def token_ttl_ms(self) -> int:
@@ -500,7 +501,7 @@ class Keyring:
             # SQLite serves one process, and rotate/revoke reload it themselves.
             while True:
                 await asyncio.sleep(interval)
-                await self.load(db)
+                await self._reload(db)
         delay, said = LISTEN_RETRY_MIN, ""
         while True:
             try:
@@ -526,10 +527,23 @@ class Keyring:
             wake.set()
 
         async with db.listen(KEYS_CHANNEL, lambda _payload: wake.set(), on_lost):
-            await self.load(db)  # a change committed before LISTEN took effect
+            await self._reload(db)  # a change committed before LISTEN took effect
             while not lost:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), interval)
                 wake.clear()
                 if not lost:
-                    await self.load(db)
+                    await self._reload(db)
+
+    async def _reload(self, db: Database) -> None:
+        """Reload; a key this worker cannot decrypt (a KEY_STORE_SECRET change reached the
+        store before this worker's settings) is one error line, and the keys it already
+        has keep serving."""
+        try:
+            await self.load(db)
+        except KeyError_ as error:
+            if str(error) != self._reload_error:
+                log.error("Signing keys not reloaded: %s", error)
+            self._reload_error = str(error)
+        else:
+            self._reload_error = ""

@@ -709,3 +709,37 @@ async def test_announcements_resume_after_the_database_connection_is_lost(
                 return await _published(other_client) == {old, new.kid}
 
             await _eventually(has_new, "the other process stopped hearing of key changes")
+
+
+@pytest.mark.parametrize(
+    "agentidp_overrides",
+    [{"KEYS_REFRESH_INTERVAL": 0.1, "KEY_ACTIVATION_DELAY": 0.1}],
+    indirect=True,
+)
+async def test_a_worker_that_cannot_decrypt_a_new_key_says_so_once_and_keeps_serving(
+    agentidp_client, agentidp_idp, caplog
+):
+    idp = agentidp_idp
+    org = await make_org(idp)
+    old = idp.keys.signing_key().kid
+    # Another process already runs on the new secret and rotates under it.
+    ahead = _keyring(idp, KEY_STORE_SECRET=NEW_SECRET, KEY_STORE_SECRET_PREVIOUS=OLD_SECRET)
+    new = await ahead.rotate(idp.db, delay_s=3600)
+    assert new is not None
+    line = f"Signing keys not reloaded: signing key {new.kid} cannot be decrypted with"
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(line)]
+
+    async def logged() -> bool:
+        return bool(said())
+
+    await _eventually(logged, "the refresh never reported the key it cannot decrypt")
+    for _ in range(5):  # several more refreshes fail the same way
+        await asyncio.sleep(0.1)
+    assert len(said()) == 1
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+    # The keys it had keep signing and verifying.
+    access = await admin_token(agentidp_client, org)
+    assert header_of(access)["kid"] == old
+    assert (await introspect(agentidp_client, org, access))["active"] is True

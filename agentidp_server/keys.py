@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -31,9 +33,11 @@ from joserfc import jwk
 from agentidp_server import json_codec
 from agentidp_server.ids import iso
 from agentidp_server.storage.db import Database, lock_key
+from agentidp_server.storage.errors import StorageUnavailable
 
 if TYPE_CHECKING:
     from agentidp_server.audit import AuditLog
+    from agentidp_server.storage.postgres import PostgresDatabase
 
 log = logging.getLogger("agentidp.keys")
 
@@ -41,6 +45,15 @@ ALGORITHMS = ("RS256", "ES256", "EdDSA")
 Key = jwk.RSAKey | jwk.ECKey | jwk.OKPKey
 # Verifiers' clocks and JWKS caches lag a little; keep superseded keys this much longer.
 PUBLISH_MARGIN_MS = 60_000
+PREVIOUS = "previous"  # the source of a key from JWT_PREVIOUS_PUBLIC_KEYS
+# PostgreSQL channel on which a key change is announced (sent on commit) to every process.
+KEYS_CHANNEL = "agentidp_keys"
+LISTEN_RETRY_MIN, LISTEN_RETRY_MAX = 1.0, 30.0
+UNDECRYPTABLE_FIX = (
+    "set KEY_STORE_SECRET_PREVIOUS to the secret it was stored with, then run "
+    "`agentidp keys reencrypt`"
+)
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
 
 
 class KeyError_(Exception):
@@ -126,6 +139,9 @@ class SigningKey:
     def state(self, now: int, token_ttl_ms: int) -> str:
         if self.revoked_at is not None:
             return "revoked"
+        if self.source == PREVIOUS:
+            # Verifies until the operator removes it from JWT_PREVIOUS_PUBLIC_KEYS; never signs.
+            return "retired"
         if now < self.activates_at:
             return "published"
         if self.superseded_at is None or now < self.superseded_at:
@@ -135,9 +151,102 @@ class SigningKey:
         return "expired"
 
 
+async def _announce(conn: Any, db: Database) -> None:
+    """Tell every process that the keys changed; PostgreSQL sends it when `conn` commits."""
+    if db.dialect == "postgresql":
+        await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, "changed")
+
+
 def _fernet(secret: str) -> Fernet:
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"agentidp-keystore", info=b"v1")
     return Fernet(base64.urlsafe_b64encode(derived.derive(secret.encode())))
+
+
+def _decrypter(settings: Any) -> MultiFernet:
+    """The current secret first, then KEY_STORE_SECRET_PREVIOUS (a secret being rotated out)."""
+    secrets = [settings.KEY_STORE_SECRET]
+    if settings.get("KEY_STORE_SECRET_PREVIOUS"):
+        secrets.append(settings.KEY_STORE_SECRET_PREVIOUS)
+    return MultiFernet([_fernet(secret) for secret in secrets])
+
+
+def _undecryptable(kid: str) -> KeyError_:
+    return KeyError_(
+        f"signing key {kid} cannot be decrypted with KEY_STORE_SECRET"
+        " or KEY_STORE_SECRET_PREVIOUS: " + UNDECRYPTABLE_FIX
+    )
+
+
+def _pem(value: str) -> str:
+    # Environment variables often carry a PEM with its newlines escaped.
+    return value.replace("\\n", "\n")
+
+
+def _previous_keys(settings: Any) -> list[SigningKey]:
+    """JWT_PREVIOUS_PUBLIC_KEYS: published and accepted, never used to sign."""
+    keys = []
+    for block in _PEM_BLOCK.findall(_pem(settings.get("JWT_PREVIOUS_PUBLIC_KEYS") or "")):
+        key = _import(block)
+        key.ensure_kid()
+        keys.append(SigningKey(str(key.kid), algorithm_for(key), key, 0, 0, source=PREVIOUS))
+    return keys
+
+
+def key_setting_problems(settings: Any) -> list[str]:
+    """One line per unusable key setting; never quotes a key (settings.validate calls this)."""
+    # A value that is not text already has its type line (Setting.problem).
+    private_pem, public_pem, previous = (
+        value if isinstance(value := settings.get(name), str) else ""
+        for name in ("JWT_PRIVATE_KEY", "JWT_PUBLIC_KEY", "JWT_PREVIOUS_PUBLIC_KEYS")
+    )
+    problems: list[str] = []
+    private: Key | None = None
+    if public_pem and not private_pem:
+        problems.append(
+            "JWT_PUBLIC_KEY is set without JWT_PRIVATE_KEY: set both, or neither to use the "
+            "key store (an old public key goes in JWT_PREVIOUS_PUBLIC_KEYS)"
+        )
+    if private_pem:
+        try:
+            private = _import(_pem(private_pem))
+            algorithm_for(private)
+        except KeyError_:
+            private = None
+            problems.append(f"JWT_PRIVATE_KEY is not {PEM_KINDS} private key")
+        else:
+            if not private.is_private:
+                problems.append("JWT_PRIVATE_KEY is a public key, not a private one")
+    if public_pem:
+        try:
+            public = _import(_pem(public_pem))
+        except KeyError_:
+            problems.append(f"JWT_PUBLIC_KEY is not {PEM_KINDS} public key")
+        else:
+            if private is not None and public.as_dict(private=False) != private.as_dict(
+                private=False
+            ):
+                problems.append("JWT_PUBLIC_KEY is not the public half of JWT_PRIVATE_KEY")
+    previous = _pem(previous)
+    blocks = _PEM_BLOCK.findall(previous)
+    if previous.strip() and not blocks:
+        problems.append(
+            "JWT_PREVIOUS_PUBLIC_KEYS must hold PEM public keys (RSA, EC P-256 or Ed25519)"
+        )
+    for number, block in enumerate(blocks, 1):
+        try:
+            old = _import(block)
+            algorithm_for(old)
+        except KeyError_:
+            problems.append(f"JWT_PREVIOUS_PUBLIC_KEYS: key {number} is not {PEM_KINDS} public key")
+        else:
+            if old.is_private:  # a retired private key has no business in the settings
+                problems.append(
+                    f"JWT_PREVIOUS_PUBLIC_KEYS: key {number} is a private key; give its public half"
+                )
+    return problems
+
+
+PEM_KINDS = "a PEM RSA, EC P-256 or Ed25519"
 
 
 def _import(pem: str | bytes) -> Key:
@@ -158,6 +267,8 @@ class Keyring:
         self._settings = settings
         self._keys: list[SigningKey] = []
         self._static = self._load_static()
+        self._previous = _previous_keys(settings)
+        self._reload_error = ""  # the last refresh failure logged, said once
 
     @cached_property
     def token_ttl_ms(self) -> int:
@@ -168,10 +279,10 @@ class Keyring:
         private_pem = self._settings.JWT_PRIVATE_KEY
         if not private_pem:
             return None
-        key = _import(private_pem.replace("\\n", "\n"))
+        key = _import(_pem(private_pem))
         public_pem = self._settings.JWT_PUBLIC_KEY
         if public_pem:
-            public = _import(public_pem.replace("\\n", "\n"))
+            public = _import(_pem(public_pem))
             if public.as_dict(private=False) != key.as_dict(private=False):
                 raise KeyError_("JWT_PUBLIC_KEY is not the public half of JWT_PRIVATE_KEY")
         key.ensure_kid()
@@ -181,25 +292,27 @@ class Keyring:
     def uses_store(self) -> bool:
         return self._static is None
 
-    async def load(self, db: Database) -> None:
-        """Read the store; with no key at all, create the first one (under a lock)."""
+    def _with_previous(self, keys: list[SigningKey]) -> list[SigningKey]:
+        loaded = {k.kid for k in keys}
+        return [*(k for k in self._previous if k.kid not in loaded), *keys]
+
+    async def load(self, db: Database, *, create: bool = True) -> None:
+        """Read the store; with no key at all and `create`, create the first one (under a
+        lock). Raises KeyError_ naming the fix when a stored key cannot be decrypted."""
         if self._static is not None:
-            self._keys = [self._static]
+            self._keys = self._with_previous([self._static])
             return
         rows = await db.fetch("SELECT * FROM signing_keys ORDER BY activates_at, kid")
-        if not rows:
+        if not rows and create:
             await self.rotate(db, delay_s=0, only_if_empty=True)
             rows = await db.fetch("SELECT * FROM signing_keys ORDER BY activates_at, kid")
-        fernet = _fernet(self._settings.KEY_STORE_SECRET)
+        fernet = _decrypter(self._settings)
         keys: list[SigningKey] = []
         for row in rows:
             try:
                 pem = fernet.decrypt(row["private_key"].encode())
-            except InvalidToken as error:
-                raise KeyError_(
-                    f"signing key {row['kid']} cannot be decrypted: KEY_STORE_SECRET differs "
-                    "from the one it was stored with"
-                ) from error
+            except InvalidToken:
+                raise _undecryptable(row["kid"]) from None
             keys.append(
                 SigningKey(
                     row["kid"],
@@ -213,18 +326,59 @@ class Keyring:
         # A key is superseded when the next key starts signing (revoked or not:
         # revoking the newest key must not bring an older one back to signing).
         superseded = {a.kid: b.activates_at for a, b in pairwise(keys)}
-        self._keys = [
-            SigningKey(
-                k.kid,
-                k.alg,
-                k.key,
-                k.created_at,
-                k.activates_at,
-                k.revoked_at,
-                superseded.get(k.kid),
-            )
-            for k in keys
-        ]
+        self._keys = self._with_previous(
+            [
+                SigningKey(
+                    k.kid,
+                    k.alg,
+                    k.key,
+                    k.created_at,
+                    k.activates_at,
+                    k.revoked_at,
+                    superseded.get(k.kid),
+                )
+                for k in keys
+            ]
+        )
+
+    async def reencrypt(self, db: Database, audit: AuditLog | None = None) -> int:
+        """Re-encrypt every stored private key under KEY_STORE_SECRET, in one transaction,
+        so that KEY_STORE_SECRET_PREVIOUS can be dropped; returns how many changed."""
+        current = _fernet(self._settings.KEY_STORE_SECRET)
+        fernet = _decrypter(self._settings)
+        changed: list[str] = []
+        async with db.transaction(exclusive_lock=lock_key("signing_keys")) as conn:
+            rows = await conn.fetch("SELECT kid, private_key FROM signing_keys ORDER BY kid")
+            for row in rows:
+                token = row["private_key"].encode()
+                try:
+                    current.decrypt(token)
+                    continue  # already under the current secret
+                except InvalidToken:
+                    pass
+                try:
+                    pem = fernet.decrypt(token)
+                except InvalidToken:
+                    raise _undecryptable(row["kid"]) from None
+                await conn.execute(
+                    "UPDATE signing_keys SET private_key = $1 WHERE kid = $2",
+                    current.encrypt(pem).decode(),
+                    row["kid"],
+                )
+                changed.append(row["kid"])
+            if changed and audit is not None:
+                event = await audit.append(
+                    conn,
+                    org_id=None,
+                    action="key.reencrypted",
+                    target_type="signing_key",
+                    target_id=None,
+                    details={"kids": changed},
+                )
+        if changed and audit is not None:
+            audit.published(event)
+        log.info("Re-encrypted %d signing key(s) under the current KEY_STORE_SECRET", len(changed))
+        return len(changed)
 
     async def rotate(
         self,
@@ -237,6 +391,9 @@ class Keyring:
         """Add a key that is published now and signs after the activation delay."""
         if not self.uses_store:
             raise KeyError_("keys come from JWT_PRIVATE_KEY; rotate them by changing the settings")
+        if not only_if_empty:
+            # Never add a key under a secret the stored ones were not written with.
+            await self.load(db, create=False)
         alg = self._settings.JWT_ALGORITHM
         key = generate(alg)
         key.ensure_kid()
@@ -258,6 +415,7 @@ class Keyring:
                 now,
                 now + int(delay * 1000),
             )
+            await _announce(conn, db)
             if audit is not None:
                 event = await audit.append(
                     conn,
@@ -275,6 +433,8 @@ class Keyring:
             alg,
             iso(now + int(delay * 1000)),
         )
+        if not only_if_empty:  # load() creates the first key and reads it itself
+            await self.load(db, create=False)  # published here at once; elsewhere by notification
         return SigningKey(str(key.kid), alg, key, now, now + int(delay * 1000))
 
     async def revoke(self, db: Database, kid: str, audit: AuditLog | None = None) -> bool:
@@ -284,6 +444,8 @@ class Keyring:
                 _now_ms(),
                 kid,
             )
+            if count:
+                await _announce(conn, db)
             if count and audit is not None:
                 event = await audit.append(
                     conn,
@@ -294,6 +456,8 @@ class Keyring:
                 )
         if count and audit is not None:
             audit.published(event)
+        if count:
+            await self.load(db, create=False)
         return count > 0
 
     def states(self, now: int | None = None) -> list[tuple[SigningKey, str]]:
@@ -330,6 +494,56 @@ class Keyring:
         return self.signing_key().encode(claims, typ)
 
     async def refresh_forever(self, db: Database) -> None:
+        """Reload every KEYS_REFRESH_INTERVAL and, on PostgreSQL, as soon as any process
+        announces a change (the storage port's LISTEN connection, as the client cache's)."""
+        interval = float(self._settings.KEYS_REFRESH_INTERVAL)
+        if db.dialect != "postgresql":
+            # SQLite serves one process, and rotate/revoke reload it themselves.
+            while True:
+                await asyncio.sleep(interval)
+                await self._reload(db)
+        delay, said = LISTEN_RETRY_MIN, ""
         while True:
-            await asyncio.sleep(float(self._settings.KEYS_REFRESH_INTERVAL))
+            try:
+                await self._listen(cast("PostgresDatabase", db), interval)
+                why = "the notification connection was lost"
+                delay = LISTEN_RETRY_MIN  # it was listening: reconnect promptly
+            except StorageUnavailable as error:
+                why = f"PostgreSQL is unavailable ({error})"
+            if why != said:  # once per reason, not once per retry
+                log.warning("Key changes are not being announced to this worker: %s", why)
+                said = why
+            await asyncio.sleep(min(delay, interval))
+            delay = min(delay * 2, LISTEN_RETRY_MAX)
+
+    async def _listen(self, db: PostgresDatabase, interval: float) -> None:
+        """Reload on each announcement (and every `interval`) until the connection is lost."""
+        wake = asyncio.Event()
+        lost = False
+
+        def on_lost() -> None:
+            nonlocal lost
+            lost = True
+            wake.set()
+
+        async with db.listen(KEYS_CHANNEL, lambda _payload: wake.set(), on_lost):
+            await self._reload(db)  # a change committed before LISTEN took effect
+            while not lost:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
+                wake.clear()
+                if not lost:
+                    await self._reload(db)
+
+    async def _reload(self, db: Database) -> None:
+        """Reload; a key this worker cannot decrypt (a KEY_STORE_SECRET change reached the
+        store before this worker's settings) is one error line, and the keys it already
+        has keep serving."""
+        try:
             await self.load(db)
+        except KeyError_ as error:
+            if str(error) != self._reload_error:
+                log.error("Signing keys not reloaded: %s", error)
+            self._reload_error = str(error)
+        else:
+            self._reload_error = ""

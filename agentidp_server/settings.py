@@ -229,6 +229,13 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("JWT_PUBLIC_KEY", "", "PEM public half of JWT_PRIVATE_KEY (checked to match)"),
     Setting(
+        "JWT_PREVIOUS_PUBLIC_KEYS",
+        "",
+        "PEM public keys of earlier signing keys (concatenated), still published in the JWKS "
+        "and accepted, so that rotating JWT_PRIVATE_KEY (or moving to the key store) logs no "
+        "client out; remove one once ACCESS_TOKEN_TTL has passed since it last signed",
+    ),
+    Setting(
         "JWT_ALGORITHM",
         "RS256",
         "Algorithm of keys the key store generates",
@@ -240,7 +247,14 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         "KEY_STORE_SECRET",
         "",
         "Secret that encrypts the key store's private keys (required in production "
-        "unless JWT_PRIVATE_KEY is set)",
+        "unless JWT_PRIVATE_KEY is set; at least 32 bytes)",
+        secret=True,
+    ),
+    Setting(
+        "KEY_STORE_SECRET_PREVIOUS",
+        "",
+        "The KEY_STORE_SECRET being rotated out: stored keys that the current secret cannot "
+        "decrypt are tried with it; `agentidp keys reencrypt` then moves them to the current one",
         secret=True,
     ),
     Setting(
@@ -252,7 +266,9 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "KEYS_REFRESH_INTERVAL",
         30,
-        "Seconds between reloads of the key store in each worker",
+        "Seconds between reloads of the key store in each worker (on PostgreSQL a rotation "
+        "or revocation reaches every worker at once through LISTEN/NOTIFY; this bounds a "
+        "lost notification)",
         (int, float),
         _positive,
     ),
@@ -265,7 +281,8 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CREDENTIAL_PEPPER",
         "",
-        "Secret key of the HMAC that stores client secrets (required in production)",
+        "Secret key of the HMAC that stores client secrets (required in production; at "
+        "least 32 bytes)",
         secret=True,
     ),
     Setting("RATE_LIMIT_WINDOW_MS", 60000, "Rate-limit window in milliseconds", int, _positive),
@@ -345,6 +362,45 @@ REQUIRED_IN_PRODUCTION = {
     "DATABASE_URL": "DATABASE_URL environment variable is required",
     "REDIS_URL": "REDIS_URL environment variable is required",
 }
+# The runbook's keys line (§ startup errors), extended with the key store as the alternative.
+KEYS_REQUIRED = (
+    f"{JWT_KEYS_REQUIRED}, or KEY_STORE_SECRET to keep generated keys in the database key store"
+)
+PEPPER_REQUIRED = "CREDENTIAL_PEPPER environment variable is required"
+# Secrets production refuses to run on: the only list of the placeholders this
+# repository ships (deploy/.env.example, deploy/k8s/secret.example.yaml,
+# config/settings.toml); tests/test_production_secrets.py checks it covers them.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "change-me",
+        "changeme",
+        "change_me",
+        "development-only-pepper-do-not-use-in-production",
+        "development-only-key-store-secret-do-not-use-in-production",
+        "test-only-pepper",
+        "test-only-key-store-secret",
+    }
+)
+# 256 bits, the entropy the HMAC and the key-store KDF are meant to have.
+MIN_SECRET_BYTES = 32
+GENERATE_HINT = '`python -c "import secrets; print(secrets.token_urlsafe(32))"`'
+SECRETS_CHECKED_IN_PRODUCTION = (
+    "CREDENTIAL_PEPPER",
+    "KEY_STORE_SECRET",
+    "KEY_STORE_SECRET_PREVIOUS",
+)
+
+
+def weak_secret(key: str, value: str) -> str | None:
+    """Why `value` cannot protect production, without ever quoting it."""
+    if value.strip().lower() in PLACEHOLDER_SECRETS:
+        return f"{key} is a placeholder shipped with AgentIdP; generate one with {GENERATE_HINT}"
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        return (
+            f"{key} must be at least {MIN_SECRET_BYTES} bytes, got {len(value.encode())}; "
+            f"generate one with {GENERATE_HINT}"
+        )
+    return None
 
 
 def _settings_file() -> Path | None:
@@ -444,10 +500,34 @@ def validate(settings: Any, specs: Iterable[Setting]) -> list[str]:
         problems.append(
             f"KEY_ACTIVATION_DELAY ({delay}) must be at least KEYS_REFRESH_INTERVAL ({refresh})"
         )
+    if settings.ENV not in ENVIRONMENTS:
+        # A typo ("prod") must not silently run with development's embedded storage.
+        problems.insert(
+            0, f"{ENV_SWITCHER} must be one of {', '.join(ENVIRONMENTS)}, got {settings.ENV!r}"
+        )
     if settings.ENV == "production":
         problems.extend(
             message for key, message in REQUIRED_IN_PRODUCTION.items() if not settings.get(key)
         )
+        problems.extend(_production_secrets(settings))
+    from agentidp_server.keys import key_setting_problems  # keys imports nothing from here
+
+    problems.extend(key_setting_problems(settings))
+    return problems
+
+
+def _production_secrets(settings: Any) -> list[str]:
+    problems = []
+    if not settings.get("CREDENTIAL_PEPPER"):
+        problems.append(PEPPER_REQUIRED)
+    pem_set = settings.get("JWT_PRIVATE_KEY") or settings.get("JWT_PUBLIC_KEY")
+    # A half pair has its own line (keys.key_setting_problems): one line per mistake.
+    if not settings.get("KEY_STORE_SECRET") and not pem_set:
+        problems.append(KEYS_REQUIRED)
+    for key in SECRETS_CHECKED_IN_PRODUCTION:
+        value = settings.get(key)
+        if isinstance(value, str) and value and (problem := weak_secret(key, value)):
+            problems.append(problem)
     return problems
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
 from agentidp_server.cli import open_idp
-from agentidp_server.keys import KeyError_
+from agentidp_server.keys import PREVIOUS, KeyError_
 
 
 def _when(ms: int) -> str:
@@ -20,19 +22,31 @@ def keys() -> None:
     """Token signing keys."""
 
 
+HEADER = "KID\tALG\tSTATE\tSIGNS_FROM\tSOURCE"
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """A key error (an undecryptable key, a rotation refused) is one line, not a traceback."""
+    try:
+        asyncio.run(main())
+    except KeyError_ as error:
+        raise click.ClickException(str(error)) from error
+
+
 @keys.command("list")
 def list_() -> None:
-    """Each key's kid, algorithm, state and activation time."""
+    """Each key's kid, algorithm, state and activation time (creates none: the server
+    creates the first key when it starts)."""
 
     async def main() -> None:
         async with open_idp() as idp:
-            await idp.keys.load(idp.db)
+            await idp.keys.load(idp.db, create=False)
+            click.echo(HEADER)
             for key, state in idp.keys.states():
-                click.echo(
-                    f"{key.kid}\t{key.alg}\t{state}\t{_when(key.activates_at)}\t{key.source}"
-                )
+                signs_from = "-" if key.source == PREVIOUS else _when(key.activates_at)
+                click.echo(f"{key.kid}\t{key.alg}\t{state}\t{signs_from}\t{key.source}")
 
-    asyncio.run(main())
+    _run(main)
 
 
 @keys.command("rotate")
@@ -45,14 +59,23 @@ def rotate(delay: float | None) -> None:
 
     async def main() -> None:
         async with open_idp() as idp:
+            refresh = idp.settings.KEYS_REFRESH_INTERVAL
+            if delay is not None and delay < refresh:
+                # A worker that has not reloaded yet would refuse the new key's tokens.
+                raise click.UsageError(
+                    f"--delay ({delay:g}) must be at least KEYS_REFRESH_INTERVAL ({refresh:g}) "
+                    "so that every worker publishes the key before it signs"
+                )
+            # The first key has nothing to take over from: it signs at once.
+            first = await idp.keys.rotate(idp.db, 0, only_if_empty=True, audit=idp.audit)
+            if first is not None:
+                click.echo(f"{first.kid}\t{first.alg}\tsigns now")
+                return
             key = await idp.keys.rotate(idp.db, delay, audit=idp.audit)
             if key is not None:
                 click.echo(f"{key.kid}\t{key.alg}\tsigns from {_when(key.activates_at)}")
 
-    try:
-        asyncio.run(main())
-    except KeyError_ as error:
-        raise click.ClickException(str(error)) from error
+    _run(main)
 
 
 # RFC 7638 thumbprints are base64url and may begin with "-": take that as the kid, not an option.
@@ -74,7 +97,19 @@ def revoke(kid: str) -> None:
                 if key is not None:
                     click.echo(f"{key.kid}\t{key.alg}\tsigns now")
 
-    try:
-        asyncio.run(main())
-    except KeyError_ as error:
-        raise click.ClickException(str(error)) from error
+    _run(main)
+
+
+@keys.command("reencrypt")
+def reencrypt() -> None:
+    """After changing KEY_STORE_SECRET (old value in KEY_STORE_SECRET_PREVIOUS): re-encrypt
+    every stored key under the current secret, in one transaction; then drop the old one."""
+
+    async def main() -> None:
+        async with open_idp() as idp:
+            if not idp.keys.uses_store:
+                raise KeyError_("keys come from JWT_PRIVATE_KEY; the key store is not in use")
+            count = await idp.keys.reencrypt(idp.db, audit=idp.audit)
+            click.echo(f"re-encrypted {count} key(s) under KEY_STORE_SECRET")
+
+    _run(main)

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from multiprocessing.synchronize import Event as EventType
+from multiprocessing.connection import Connection
 from typing import Any
 
 from hypercorn.asyncio.run import worker_serve
@@ -189,14 +189,13 @@ def run_single(settings: Any) -> int:
     return 0
 
 
-def _worker(
-    overrides: dict[str, Any],
-    sockets: Sockets,
-    shutdown: EventType,
-    ready: EventType,
-    errors: Any,
-) -> None:
-    """One supervised worker process (started with the `spawn` method)."""
+def _worker(overrides: dict[str, Any], sockets: Sockets, channel: Connection) -> None:
+    """One supervised worker process (started with the `spawn` method).
+
+    It talks to the master over its own pipe only ("ready", an error line; "stop"
+    or EOF back): a shared multiprocessing Event or Queue has a lock that a worker
+    killed with SIGKILL may die holding, which then hangs every other process.
+    """
     from agentidp_server.settings import load_settings
 
     # The master handles Ctrl-C for the whole process group.
@@ -207,44 +206,62 @@ def _worker(
 
     async def main() -> None:
         event = asyncio.Event()
+        loop = asyncio.get_running_loop()
 
-        async def watch() -> None:
-            # a multiprocessing Event cannot be awaited; poll it
-            while not shutdown.is_set():  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+        def on_message() -> None:
+            # "stop", or EOF when the master is gone: either way, drain and exit.
+            loop.remove_reader(channel.fileno())
             event.set()
 
         async def on_ready() -> None:
-            ready.set()
+            channel.send(("ready", ""))
 
-        watcher = asyncio.create_task(watch())
-        try:
-            await _serve(settings, sockets, event, on_ready)
-        finally:
-            watcher.cancel()
+        loop.add_reader(channel.fileno(), on_message)
+        await _serve(settings, sockets, event, on_ready)
 
     try:
         with _event_loop_runner(settings) as runner:
             runner.run(main())
     except StartupError as error:
         # The master prints one line for all workers (each would fail the same way).
-        errors.put(str(error))
+        with contextlib.suppress(OSError):
+            channel.send(("error", str(error)))
         sys.exit(1)
 
 
 class _Slot:
-    """One worker position: the live process and its restart bookkeeping."""
+    """One worker position: the live process, its pipe and restart bookkeeping."""
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.process: Any = None
-        self.ready: EventType | None = None
+        self.channel: Connection | None = None
+        self.ready = False
+        self.error: str | None = None
         self.start_failures = 0  # consecutive deaths before ready
         self.restart_at: float | None = None
 
     @property
     def name(self) -> str:
         return f"agentidp-worker-{self.index}"
+
+    def read(self) -> None:
+        """Take the worker's messages without blocking."""
+        channel = self.channel
+        try:
+            while channel is not None and channel.poll():
+                kind, text = channel.recv()
+                if kind == "ready":
+                    self.ready = True
+                elif kind == "error":
+                    self.error = text
+        except (EOFError, OSError):
+            pass
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            with contextlib.suppress(OSError):
+                self.channel.send(("stop", ""))
 
 
 def _restart_counter() -> Any:
@@ -272,8 +289,6 @@ def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
     metrics_dir = MultiprocessDir()
     restarts = _restart_counter()
     ctx = multiprocessing.get_context("spawn")
-    shutdown = ctx.Event()
-    errors = ctx.SimpleQueue()
     stopping = False
 
     def on_signal(*_: Any) -> None:
@@ -281,41 +296,44 @@ def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
         if not stopping:
             stopping = True
             log.info(SHUTDOWN_LINE)
-        shutdown.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     slots = [_Slot(i) for i in range(workers)]
 
     def spawn(slot: _Slot) -> None:
-        slot.ready = ctx.Event()
-        slot.restart_at = None
+        if slot.channel is not None:
+            slot.channel.close()
+        ours, theirs = ctx.Pipe()
+        slot.channel, slot.ready, slot.error, slot.restart_at = ours, False, None, None
         slot.process = ctx.Process(
-            target=_worker,
-            args=(overrides, sockets, shutdown, slot.ready, errors),
-            name=slot.name,
+            target=_worker, args=(overrides, sockets, theirs), name=slot.name
         )
         slot.process.start()
-
-    def first_error() -> str:
-        return errors.get() if not errors.empty() else "a worker exited during startup"
+        theirs.close()  # the worker's end lives in the worker only: EOF when it dies
 
     for slot in slots:
         spawn(slot)
     failure: str | None = None
-    while not shutdown.is_set():
-        if all(s.ready is not None and s.ready.is_set() for s in slots):
+    while not stopping:
+        for slot in slots:
+            slot.read()
+        if all(s.ready for s in slots):
             log.info("%s", listening_line(settings, sockets, workers))
             break
-        if any(s.process.exitcode is not None for s in slots):
-            failure = first_error()
-            shutdown.set()
+        dead = [s for s in slots if s.process.exitcode is not None]
+        if dead:
+            for slot in dead:
+                slot.read()
+            errors = [s.error for s in dead if s.error]
+            failure = errors[0] if errors else f"worker {dead[0].name} exited during startup"
             break
         time.sleep(0.05)
 
-    while not shutdown.is_set():
+    while not stopping and failure is None:
         now = time.monotonic()
         for slot in slots:
+            slot.read()
             if slot.restart_at is not None:
                 if now >= slot.restart_at:
                     spawn(slot)
@@ -324,20 +342,19 @@ def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
             if code is None:
                 continue
             metrics_dir.worker_exited(slot.process.pid)
-            if slot.ready is not None and slot.ready.is_set():
+            if slot.ready:
                 slot.start_failures = 0
             else:
                 slot.start_failures += 1
-                if not errors.empty():
-                    log.error("worker %s failed to start: %s", slot.name, errors.get())
+                if slot.error:
+                    log.error("worker %s failed to start: %s", slot.name, slot.error)
             if slot.start_failures >= MAX_START_FAILURES:
                 log.error(
                     "worker %s died %d times in a row before it was ready; stopping",
                     slot.name,
                     slot.start_failures,
                 )
-                failure = f"worker {slot.name} keeps dying at start (exit code {code})"
-                shutdown.set()
+                failure = slot.error or f"worker {slot.name} keeps dying at start ({code})"
                 break
             delay = min(RESTART_BACKOFF_FIRST * 2**slot.start_failures, RESTART_BACKOFF_MAX)
             log.error(
@@ -349,11 +366,13 @@ def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
             )
             restarts.inc(1)
             slot.restart_at = now + delay
-        shutdown.wait(0.1)
+        time.sleep(0.1)
 
     # Refuse new connections at once (issue 15): each worker closes its own copy of
-    # the listener when it sees the event; this one is the master's.
+    # the listener when told to stop; this one is the master's.
     _close(sockets)
+    for slot in slots:
+        slot.stop()
     deadline_grace = float(settings.GRACEFUL_TIMEOUT) + 10
     for slot in slots:
         slot.process.join(timeout=deadline_grace)
@@ -365,7 +384,7 @@ def run_supervised(settings: Any, overrides: dict[str, Any]) -> int:
     if failure is not None:
         sys.stderr.write(FAILED + failure + "\n")
         return 1
-    codes = [s.process.exitcode for s in slots]
+    codes = [s.process.exitcode for s in slots if s.restart_at is None]
     return 1 if not stopping and any(c != 0 for c in codes) else 0
 
 

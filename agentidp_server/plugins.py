@@ -112,6 +112,10 @@ def _enabled_switches(settings: Any) -> dict[str, str]:
         on = raw.strip().lower() in _TRUE if isinstance(raw, str) else raw is True
         if name and on:
             found.setdefault(name, variable)
+    for name, section in (settings.get("PLUGINS") or {}).items():  # [plugins.<name>] tables
+        value = section.get("enabled") if isinstance(section, Mapping) else None
+        if value is True or (isinstance(value, str) and value.strip().lower() in _TRUE):
+            found.setdefault(str(name).upper(), f"plugins.{name}.enabled")
     return found
 
 

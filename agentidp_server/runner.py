@@ -50,8 +50,8 @@ def hypercorn_config(settings: Any) -> Config:
     config.accesslog = None  # the app writes its own access lines with request ids
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 5
-    # An idle bound between reads (headers too); BodyReadTimeout bounds the whole body.
-    config.read_timeout = max(1, int(float(settings.REQUEST_READ_TIMEOUT)))
+    # No read_timeout: hypercorn applies it to every read, so it would also cut a client
+    # waiting quietly for a slow response; BodyReadTimeout bounds the body instead.
     config.workers = int(settings.WORKERS)
     return config
 

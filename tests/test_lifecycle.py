@@ -341,3 +341,25 @@ def test_listening_line_shows_the_bound_address(serve):
     )
     server.process.send_signal(signal.SIGTERM)
     assert server.wait() == 0
+
+
+async def test_a_worker_that_keeps_dying_at_start_stops_the_server(serve, agentidp_services):
+    # PostgreSQL behind a proxy the test cuts: replacements then cannot start.
+    from tests.faultproxy import FaultProxy
+
+    if agentidp_services.error:
+        pytest.fail(agentidp_services.error)
+    url = agentidp_services.database_url
+    async with FaultProxy.for_url(url) as proxy:
+        server = serve(2, DATABASE_URL=proxy.url(url))
+        await asyncio.to_thread(server.wait_until_listening)
+        await proxy.down()  # every replacement now fails at start: cannot connect
+        os.kill(worker_pids(server.process.pid)[0], signal.SIGKILL)
+        code = await asyncio.to_thread(server.process.wait, 120)
+    output = server.output()
+    assert code == 1, output
+    assert output.count("restarting it in") == 5, output
+    assert "died 5 times in a row before it was ready; stopping" in output
+    last = output.splitlines()[-1]
+    assert last.startswith("Failed to start server: Error: "), output
+    assert f"PostgreSQL at 127.0.0.1:{proxy.port} (DATABASE_URL)" in last, output

@@ -145,10 +145,16 @@ async def _serve(
 
 
 def _bind(settings: Any) -> Sockets:
+    config = hypercorn_config(settings)
     try:
-        return hypercorn_config(settings).create_sockets()
+        sockets = config.create_sockets()
+        # Listen now, not when the server starts after the app's startup: a client that
+        # connects right after "AgentIdP listening" is queued, never refused.
+        for sock in sockets.insecure_sockets:
+            sock.listen(config.backlog)
     except OSError as error:
         raise StartupError(port_in_use(settings, error)) from None
+    return sockets
 
 
 def listening_line(settings: Any, sockets: Sockets, workers: int = 1) -> str:

@@ -19,7 +19,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _BODY = json.dumps(
     {"code": "REQUEST_TIMEOUT", "message": "the request body was not received in time"}

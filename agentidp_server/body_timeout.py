@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -20,9 +21,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_BODY = json.dumps(
-    {"code": "REQUEST_TIMEOUT", "message": "the request body was not received in time"}
-).encode()
+REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+MESSAGE = "the request body was not received within REQUEST_READ_TIMEOUT"
 
 
 class BodyReadTimeout:
@@ -70,15 +70,21 @@ class BodyReadTimeout:
 
 
 async def _send_408(send: Send) -> None:
+    # The API's error shape with a request id of its own: the app never saw this request.
+    request_id = str(uuid.uuid4())
+    body = json.dumps(
+        {"code": REQUEST_TIMEOUT, "message": MESSAGE, "request_id": request_id}
+    ).encode()
     await send(
         {
             "type": "http.response.start",
             "status": 408,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(_BODY)).encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
                 (b"connection", b"close"),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": _BODY, "more_body": False})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

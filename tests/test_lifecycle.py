@@ -7,6 +7,7 @@ the `agentidp-hello` fixture plugin enabled for its `/hello/slow` route.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -330,6 +331,10 @@ def test_a_trickled_body_is_cut_off(serve, server_kind):
             answer += chunk
     assert sent < length, "the server waited for the whole trickled body"
     assert answer.startswith(b"HTTP/1.1 408") or (reset and not answer), answer
+    if answer:
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert body["code"] == "REQUEST_TIMEOUT", body
+        assert body["request_id"], body
 
 
 def test_listening_line_shows_the_bound_address(serve):

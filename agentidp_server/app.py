@@ -13,12 +13,21 @@ from agentidp_server.background import TaskSupervisor
 from agentidp_server.idp import IdP
 from agentidp_server.logs import configure_logging
 from agentidp_server.metrics import observe_request
-from agentidp_server.migrations import migrate
+from agentidp_server.migrations import migrate, status
 from agentidp_server.oauth.token_asgi import TokenEndpoint
-from agentidp_server.plugins import PluginError, load_plugins
-from agentidp_server.settings import SettingsError, apply_defaults, load_settings, validate
+from agentidp_server.plugins import PluginError, check_switches, load_plugins
+from agentidp_server.settings import (
+    KERNEL_SETTINGS,
+    SettingsError,
+    apply_defaults,
+    load_settings,
+    validate,
+)
+from agentidp_server.startup import MIGRATE_HINT, StartupError, database_where, describe
 
 log = logging.getLogger("agentidp")
+# app.extensions key: the one-line reason startup failed, for the runner to print.
+STARTUP_ERROR = "agentidp.startup_error"
 
 
 def build_idp(settings: Any | None = None) -> IdP:
@@ -26,6 +35,7 @@ def build_idp(settings: Any | None = None) -> IdP:
     settings = settings if settings is not None else load_settings()
     hooks = load_plugins(settings)
     specs = [spec for _, spec in hooks.settings()]
+    check_switches(settings, hooks, {s.key for s in (*KERNEL_SETTINGS, *specs)})
     apply_defaults(settings, specs)
     problems = validate(settings, specs)
     if problems:
@@ -78,16 +88,20 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
                 applied = await migrate(idp.db, idp.migration_sets())
                 for migration in applied:
                     log.info("Applied migration %s/%s", migration.migration_set, migration.name)
+            else:
+                await _require_migrated(idp)
             for plugin, manager in idp.hooks.lifespans(idp):
                 try:
                     await stack.enter_async_context(manager)
                 except Exception as error:
                     raise PluginError(f"plugin {plugin!r} failed in lifespan: {error}") from error
             supervisor = TaskSupervisor(idp.hooks.background_tasks(idp))
-        except BaseException:
+        except BaseException as error:
             # after_serving never runs when startup fails: exit the lifespans already
             # entered and close storage here, or the pool and connections leak.
             await stack.aclose()
+            # The runner prints this one line instead of the server's traceback (issue 15).
+            app.extensions[STARTUP_ERROR] = describe(error, settings)
             raise
         supervisor.start()
 
@@ -97,6 +111,18 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
         await stack.aclose()
 
     return app
+
+
+async def _require_migrated(idp: IdP) -> None:
+    """Without MIGRATE_ON_START, a schema behind the code is one clear line, not a
+    `no such table` from whichever query runs first."""
+    rows = await status(idp.db, idp.migration_sets())
+    pending = [f"{r.migration_set}/{r.name}" for r in rows if not r.applied]
+    if pending:
+        raise StartupError(
+            f"{database_where(idp.settings)} has {len(pending)} pending migration(s) "
+            f"(first: {pending[0]}): {MIGRATE_HINT}"
+        )
 
 
 def _mount_blueprints(app: Quart, idp: IdP) -> None:

@@ -96,6 +96,60 @@ def plugin_enabled(settings: Any, name: str) -> bool:
     return bool(value)
 
 
+def _enabled_switches(settings: Any) -> dict[str, str]:
+    """Plugin names switched on by a `<NAME>_ENABLED` or `PLUGINS__<NAME>__ENABLED`
+    variable or setting, each with the variable that named it."""
+    found: dict[str, str] = {}
+    sources: list[tuple[str, Any]] = list(settings.get("_ENVIRON", {}).items())
+    sources += [(str(k), v) for k, v in settings.as_dict().items() if not str(k).startswith("_")]
+    for variable, raw in sources:
+        key = variable.upper().removeprefix("AGENTIDP_")
+        if key.startswith("PLUGINS__") and key.endswith("__ENABLED"):
+            name = key[len("PLUGINS__") : -len("__ENABLED")]
+        elif key.endswith("_ENABLED") and not key.startswith("PLUGINS__"):
+            name = key[: -len("_ENABLED")]
+        else:
+            continue
+        on = raw.strip().lower() in _TRUE if isinstance(raw, str) else raw is True
+        if name and on:
+            found.setdefault(name, variable)
+    for name, section in (settings.get("PLUGINS") or {}).items():  # [plugins.<name>] tables
+        value = section.get("enabled") if isinstance(section, Mapping) else None
+        if value is True or (isinstance(value, str) and value.strip().lower() in _TRUE):
+            found.setdefault(str(name).upper(), f"plugins.{name}.enabled")
+    return found
+
+
+_warned: set[str] = set()
+
+
+def check_switches(settings: Any, hooks: Hooks, known_keys: set[str]) -> None:
+    """`ANALYTICS_ENABLED=true` without the plugin installed (issue 15): a stop in
+    production, a warning elsewhere; silently ignoring it hides a missing feature.
+
+    Not a plugin switch: a declared setting (the kernel's or an enabled plugin's),
+    or a key under an installed plugin's prefix (a disabled plugin's own settings).
+    """
+    installed = {p.name.upper() for p in hooks.plugins}
+    missing: list[str] = []
+    for name, variable in sorted(_enabled_switches(settings).items()):
+        if f"{name}_ENABLED" in known_keys or name in installed:
+            continue
+        if any(name.startswith(f"{plugin}_") for plugin in installed):
+            continue
+        dist = "agentidp-" + name.lower().replace("_", "-")
+        missing.append(
+            f"{variable} is set but no plugin {name.lower()!r} is installed: "
+            f"pip install {dist} (or unset {variable})"
+        )
+    if missing and settings.get("ENV") == "production":
+        raise PluginError(missing[0])
+    for line in missing:
+        if line not in _warned:
+            _warned.add(line)
+            log.warning("%s", line)
+
+
 def load_plugins(settings: Any) -> Hooks:
     """A fresh plugin manager: kernel plugins, then enabled entry points.
 

@@ -145,6 +145,14 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting(
+        "REQUEST_READ_TIMEOUT",
+        30.0,
+        "Seconds a client has to send a whole request body (a slow or stalled upload "
+        "is answered 408 and closed)",
+        (int, float),
+        _positive,
+    ),
+    Setting(
         "MIGRATE_ON_START",
         False,
         "Apply pending migrations when the server starts (on in development)",

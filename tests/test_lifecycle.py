@@ -7,6 +7,7 @@ the `agentidp-hello` fixture plugin enabled for its `/hello/slow` route.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -218,3 +219,152 @@ def test_failed_startup_exits_non_zero(serve, server_kind):
     code = server.wait()
     assert code != 0, server.output()
     assert f"AgentIdP listening on port {server.port}" not in server.output()
+
+
+def worker_pids(master: int) -> list[int]:
+    """The supervised workers: spawned children (not multiprocessing's resource tracker)."""
+    pids = []
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    for pid in map(int, children):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            pids.append(pid)
+    return pids
+
+
+def restarts_metric(text: str) -> float:
+    for line in text.splitlines():
+        if line.startswith("agentidp_worker_restarts_total "):
+            return float(line.split()[1])
+    raise AssertionError(f"no agentidp_worker_restarts_total in /metrics:\n{text}")
+
+
+async def test_a_killed_worker_is_restarted(serve):
+    server = serve(2)
+    server.wait_until_listening()
+    # No keep-alive: a connection the killed worker held would fail with it (unavoidably).
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, limits=limits) as client:
+        assert restarts_metric((await client.get("/metrics")).text) == 0
+        victim, survivor = worker_pids(server.process.pid)
+        os.kill(victim, signal.SIGKILL)
+        # The survivor serves meanwhile: every request succeeds, before and after the restart.
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            response = await client.get("/health")
+            assert response.status_code == 200
+            pids = worker_pids(server.process.pid)
+            if len(pids) == 2 and victim not in pids:
+                break
+            assert server.process.poll() is None, server.output()
+            assert time.monotonic() < deadline, server.output()
+            await asyncio.sleep(0.1)
+        replacement = next(p for p in pids if p != survivor)
+        for _ in range(40):
+            assert (await client.get("/health/ready")).status_code == 200
+        assert restarts_metric((await client.get("/metrics")).text) == 1
+    assert server.process.poll() is None, server.output()
+    assert Path(f"/proc/{replacement}").exists()
+    assert f"(pid {victim}) exited with -9; restarting" in server.output()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait() == 0, server.output()
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+async def test_new_connections_are_refused_after_sigterm_with_workers(serve, server_kind):
+    server = serve(2, server_kind)
+    server.wait_until_listening()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        slow = [
+            asyncio.create_task(client.get("/hello/slow", params={"ms": 6000})) for _ in range(4)
+        ]
+        await asyncio.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        # Within the in-flight requests' lifetime, a new connection must be refused.
+        refused = False
+        while not all(r.done() for r in slow):
+            try:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=1) as sock:
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            except (ConnectionRefusedError, ConnectionResetError):
+                refused = True
+                break
+            await asyncio.sleep(0.1)
+        assert refused, server.output()
+        assert not all(r.done() for r in slow)  # refused while requests were in flight
+        responses = await asyncio.gather(*slow)
+    assert [r.status_code for r in responses] == [200] * 4
+    assert await asyncio.to_thread(server.wait) == 0, server.output()
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn", "uvicorn"])
+def test_a_trickled_body_is_cut_off(serve, server_kind):
+    server = serve(1, server_kind, AGENTIDP_REQUEST_READ_TIMEOUT="1")
+    server.wait_until_listening()
+    length = 60
+    answer = b""
+    sent = 0
+    reset = False
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /api/v1/token HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        sock.settimeout(0.25)
+        # One byte every 0.25 s: the whole body would take 15 s.
+        while sent < length:
+            try:
+                sock.sendall(b"a")
+                sent += 1
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                reset = True  # uvicorn may reset: the unread body is still in its buffer
+                break
+            if not chunk:
+                break
+            answer += chunk
+    assert sent < length, "the server waited for the whole trickled body"
+    assert answer.startswith(b"HTTP/1.1 408") or (reset and not answer), answer
+    if answer:
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert body["code"] == "REQUEST_TIMEOUT", body
+        assert body["request_id"], body
+
+
+def test_listening_line_shows_the_bound_address(serve):
+    server = serve(1)
+    server.wait_until_listening()
+    assert (
+        f"AgentIdP listening on port {server.port} (http://127.0.0.1:{server.port}, "
+        "this address only)" in server.output()
+    )
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+async def test_a_worker_that_keeps_dying_at_start_stops_the_server(serve, agentidp_services):
+    # PostgreSQL behind a proxy the test cuts: replacements then cannot start.
+    from tests.faultproxy import FaultProxy
+
+    if agentidp_services.error:
+        pytest.fail(agentidp_services.error)
+    url = agentidp_services.database_url
+    async with FaultProxy.for_url(url) as proxy:
+        server = serve(2, DATABASE_URL=proxy.url(url))
+        await asyncio.to_thread(server.wait_until_listening)
+        await proxy.down()  # every replacement now fails at start: cannot connect
+        os.kill(worker_pids(server.process.pid)[0], signal.SIGKILL)
+        code = await asyncio.to_thread(server.process.wait, 120)
+    output = server.output()
+    assert code == 1, output
+    assert output.count("restarting it in") == 5, output
+    assert "died 5 times in a row before it was ready; stopping" in output
+    last = output.splitlines()[-1]
+    assert last.startswith("Failed to start server: Error: "), output
+    assert f"PostgreSQL at 127.0.0.1:{proxy.port} (DATABASE_URL)" in last, output

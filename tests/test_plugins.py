@@ -341,3 +341,62 @@ def test_hookspec_is_tested(name):
 def test_hookspec_is_documented(name):
     guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     assert re.search(rf"^### `{name}\(", guide, re.M), f"docs/plugins.md has no section for {name}"
+
+
+# A `<NAME>_ENABLED` switch for a plugin that is not installed (issue 15).
+
+
+def _production(tmp_path: Path, environ: dict[str, str]) -> Any:
+    strong = "p" * 48
+    return load_settings(
+        env="production",
+        overrides={"DATA_DIR": str(tmp_path)},
+        environ={
+            "DATABASE_URL": "postgresql://127.0.0.1/test",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "ISSUER": "https://idp.example.com",
+            "CREDENTIAL_PEPPER": strong,
+            "KEY_STORE_SECRET": strong,
+            **environ,
+        },
+    )
+
+
+@pytest.mark.parametrize("variable", ["ANALYTICS_ENABLED", "AGENTIDP_ANALYTICS_ENABLED"])
+def test_switch_without_its_plugin_stops_production(tmp_path, variable):
+    with pytest.raises(PluginError) as raised:
+        build_idp(_production(tmp_path, {variable: "true"}))
+    assert str(raised.value) == (
+        f"{variable} is set but no plugin 'analytics' is installed: "
+        f"pip install agentidp-analytics (or unset {variable})"
+    )
+
+
+def test_switch_in_the_settings_file_without_its_plugin_stops_production(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text("[production.plugins.analytics]\nenabled = true\n", encoding="utf-8")
+    settings = load_settings(env="production", environ={}, settings_file=path)
+    with pytest.raises(PluginError, match="pip install agentidp-analytics"):
+        build_idp(settings)
+
+
+def test_switch_without_its_plugin_warns_in_development(tmp_path, caplog):
+    name = f"NOPE{os.getpid()}X{len(caplog.records)}"  # unique: each line is warned once
+    with caplog.at_level("WARNING", logger="agentidp.plugins"):
+        idp = build_idp(settings_for(tmp_path, {f"{name}_ENABLED": "yes"}))
+    assert idp is not None
+    assert f"pip install agentidp-{name.lower()}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"HELLO_ENABLED": "true"},  # installed (the fixture plugin)
+        {"HELLO_ENABLED": "true", "HELLO_BETA_ENABLED": "true"},  # an installed plugin's own key
+        {"HELLO_BETA_ENABLED": "true"},  # ... even while that plugin is off
+        {"ANALYTICS_ENABLED": "false"},  # switched off: nothing to install
+        {"PLUGINS__HELLO__ENABLED": "true"},
+    ],
+)
+def test_switches_that_are_not_missing_plugins(tmp_path, environ):
+    assert build_idp(_production(tmp_path, environ)) is not None

@@ -45,14 +45,44 @@ async def open_idp(overrides: dict[str, Any] | None = None) -> AsyncIterator[IdP
         await idp.close_storage()
 
 
-@click.group()
+class HelpGroup(click.Group):
+    """A group that prints its help and exits 0 when called without a command.
+
+    click 8.2+ exits 2 there (`NoArgsIsHelpError`); `agentidp` alone is a request
+    for help, not a usage error (issue 15). Caught here for nested groups too,
+    whoever created them (plugins' groups are plain `click.Group`s).
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError as error:
+            click.echo(error.ctx.get_help() if error.ctx is not None else ctx.get_help())
+            ctx.exit(0)
+
+
+# `-h` as well as `--help`, inherited by every subcommand's context.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=HelpGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="agentidp-server")
 def cli() -> None:
     """AgentIdP: an identity provider for AI agents."""
 
 
 def main() -> None:
-    from agentidp_server.cli import db, plugins_cmd, serve  # noqa: F401  (they register commands)
+    from agentidp_server.cli import (  # noqa: F401  (they register commands)
+        db,
+        plugins_cmd,
+        serve,
+    )
 
     try:
         load_plugins(load_settings()).commands(cli)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import UTC, datetime
 
 import click
 
 from agentidp_server.cli import cli, open_idp
-from agentidp_server.migrations import MigrationError, migrate, status
-from agentidp_server.storage.errors import StorageError
+from agentidp_server.migrations import migrate, status
+from agentidp_server.settings import load_settings
+from agentidp_server.startup import MIGRATION_FAILED, describe
 
 
 @cli.group()
@@ -20,8 +22,10 @@ def db() -> None:
 def _run(coro_factory: object) -> None:
     try:
         asyncio.run(coro_factory())  # type: ignore[operator]
-    except (MigrationError, StorageError) as error:
-        raise click.ClickException(f"Migration failed: Error: {error}") from error
+    except Exception as error:  # any cause: one line, never a traceback
+        # The runbook's line, once, naming host and port (not click's "Error: ..." prefix).
+        click.echo(MIGRATION_FAILED + describe(error, load_settings()), err=True)
+        sys.exit(1)
 
 
 @db.command("migrate")

@@ -1,9 +1,10 @@
-"""`agentidp orgs create`."""
+"""`agentidp orgs list|create|set-tier`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
 import click
 
@@ -15,6 +16,28 @@ from agentidp_server.tenants import change_tier
 @click.group()
 def orgs() -> None:
     """Organisations (tenants)."""
+
+
+@orgs.command("list")
+def list_() -> None:
+    """Every organisation: a header line, then one tab-separated row each, oldest first."""
+
+    async def main() -> list[dict[str, object]]:
+        async with open_idp() as idp:
+            return await idp.db.fetch(
+                "SELECT o.org_id, o.name, t.tier, o.created_at FROM organizations o "
+                "LEFT JOIN tenant_tiers t ON t.org_id = o.org_id "
+                "ORDER BY o.created_at, o.org_id"
+            )
+
+    rows = asyncio.run(main())
+    click.echo("ORG_ID\tNAME\tTIER\tCREATED")
+    for row in rows:
+        created = datetime.fromtimestamp(int(str(row["created_at"])) / 1000, UTC)
+        click.echo(
+            f"{row['org_id']}\t{row['name']}\t{row['tier'] or '-'}\t"
+            f"{created.isoformat(timespec='seconds')}"
+        )
 
 
 @orgs.command("create")

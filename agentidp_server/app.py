@@ -15,7 +15,7 @@ from agentidp_server.logs import configure_logging
 from agentidp_server.metrics import observe_request
 from agentidp_server.migrations import migrate, status
 from agentidp_server.oauth.token_asgi import TokenEndpoint
-from agentidp_server.plugins import PluginError, check_switches, load_plugins
+from agentidp_server.plugins import CORE, PluginError, check_switches, load_plugins
 from agentidp_server.settings import (
     KERNEL_SETTINGS,
     SettingsError,
@@ -94,6 +94,8 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
                 try:
                     await stack.enter_async_context(manager)
                 except Exception as error:
+                    if plugin == CORE:
+                        raise  # the kernel's own failures are worded for the operator already
                     raise PluginError(f"plugin {plugin!r} failed in lifespan: {error}") from error
             supervisor = TaskSupervisor(idp.hooks.background_tasks(idp))
         except BaseException as error:

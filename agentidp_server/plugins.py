@@ -96,13 +96,25 @@ def plugin_enabled(settings: Any, name: str) -> bool:
     return bool(value)
 
 
-def _enabled_switches(settings: Any) -> dict[str, str]:
+# The reference system's feature plugins: a plain `ANALYTICS_ENABLED=true` is surely
+# meant for us. Any other plain `FOO_ENABLED` may belong to other software in the
+# same environment, so only a warning names it, even in production.
+KNOWN_PLUGINS = frozenset(
+    {"DID", "OIDC", "DELEGATION", "FEDERATION", "WEBHOOKS", "ANALYTICS", "COMPLIANCE",
+     "AUTHORIZE", "PORTAL"}
+)  # fmt: skip
+
+
+def _enabled_switches(settings: Any) -> dict[str, tuple[str, bool]]:
     """Plugin names switched on by a `<NAME>_ENABLED` or `PLUGINS__<NAME>__ENABLED`
-    variable or setting, each with the variable that named it."""
-    found: dict[str, str] = {}
-    sources: list[tuple[str, Any]] = list(settings.get("_ENVIRON", {}).items())
-    sources += [(str(k), v) for k, v in settings.as_dict().items() if not str(k).startswith("_")]
-    for variable, raw in sources:
+    variable or setting, each with the variable that named it and whether that
+    variable is surely ours (prefixed, from our settings files, or a known plugin)."""
+    found: dict[str, tuple[str, bool]] = {}
+    environ = [(k, v, False) for k, v in settings.get("_ENVIRON", {}).items()]
+    declared = [
+        (str(k), v, True) for k, v in settings.as_dict().items() if not str(k).startswith("_")
+    ]
+    for variable, raw, ours in environ + declared:
         key = variable.upper().removeprefix("AGENTIDP_")
         if key.startswith("PLUGINS__") and key.endswith("__ENABLED"):
             name = key[len("PLUGINS__") : -len("__ENABLED")]
@@ -111,12 +123,15 @@ def _enabled_switches(settings: Any) -> dict[str, str]:
         else:
             continue
         on = raw.strip().lower() in _TRUE if isinstance(raw, str) else raw is True
-        if name and on:
-            found.setdefault(name, variable)
+        sure = (
+            ours or key != variable.upper() or key.startswith("PLUGINS__") or name in KNOWN_PLUGINS
+        )
+        if name and on and (name not in found or (sure and not found[name][1])):
+            found[name] = (variable, sure)
     for name, section in (settings.get("PLUGINS") or {}).items():  # [plugins.<name>] tables
         value = section.get("enabled") if isinstance(section, Mapping) else None
         if value is True or (isinstance(value, str) and value.strip().lower() in _TRUE):
-            found.setdefault(str(name).upper(), f"plugins.{name}.enabled")
+            found.setdefault(str(name).upper(), (f"plugins.{name}.enabled", True))
     return found
 
 
@@ -132,18 +147,22 @@ def check_switches(settings: Any, hooks: Hooks, known_keys: set[str]) -> None:
     """
     installed = {p.name.upper() for p in hooks.plugins}
     missing: list[str] = []
-    for name, variable in sorted(_enabled_switches(settings).items()):
+    fatal: list[str] = []
+    for name, (variable, sure) in sorted(_enabled_switches(settings).items()):
         if f"{name}_ENABLED" in known_keys or name in installed:
             continue
         if any(name.startswith(f"{plugin}_") for plugin in installed):
             continue
         dist = "agentidp-" + name.lower().replace("_", "-")
-        missing.append(
+        line = (
             f"{variable} is set but no plugin {name.lower()!r} is installed: "
             f"pip install {dist} (or unset {variable})"
         )
-    if missing and settings.get("ENV") == "production":
-        raise PluginError(missing[0])
+        missing.append(line)
+        if sure:
+            fatal.append(line)
+    if fatal and settings.get("ENV") == "production":
+        raise PluginError(fatal[0])
     for line in missing:
         if line not in _warned:
             _warned.add(line)

@@ -400,3 +400,14 @@ def test_switch_without_its_plugin_warns_in_development(tmp_path, caplog):
 )
 def test_switches_that_are_not_missing_plugins(tmp_path, environ):
     assert build_idp(_production(tmp_path, environ)) is not None
+
+
+def test_an_unknown_plain_switch_only_warns_in_production(tmp_path, caplog):
+    # Other software shares the environment: its FEATURE_X_ENABLED must not stop us.
+    name = f"OTHERTOOL{os.getpid()}"
+    with caplog.at_level("WARNING", logger="agentidp.plugins"):
+        assert build_idp(_production(tmp_path, {f"{name}_ENABLED": "true"})) is not None
+    assert f"pip install agentidp-{name.lower()}" in caplog.text
+    # The same switch in our own form is surely meant for a plugin: production stops.
+    with pytest.raises(PluginError, match=f"agentidp-{name.lower()}"):
+        build_idp(_production(tmp_path, {f"AGENTIDP_{name}_ENABLED": "true"}))

@@ -219,3 +219,28 @@ def test_orgs_list(tmp_path, agentidp_storage):
     rows = [line.split("\t") for line in listed[1:]]
     assert [(r[1], r[2]) for r in rows] == [("Acme Inc", "free"), ("Beta", "pro")]
     assert all(len(r[0]) == 36 and r[3].endswith("+00:00") for r in rows)
+
+
+def test_cli_commands_on_a_fresh_clone(tmp_path):
+    # Development migrates as `serve` does, so the README's `orgs create` works first.
+    env = env_for(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/fresh.db")
+    listed = agentidp(tmp_path, env, "keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].startswith("KID")
+    # Without MIGRATE_ON_START: one line naming the fix, not a `no such table` traceback.
+    env = env_for(
+        tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/bare.db", AGENTIDP_MIGRATE_ON_START="false"
+    )
+    line = one_failure_line(agentidp(tmp_path, env, "orgs", "list"), prefix="Error: ")
+    assert "agentidp db migrate" in line
+
+
+def test_a_key_that_cannot_be_decrypted_stops_serve_with_one_line(tmp_path):
+    env = env_for(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/keys.db", KEY_STORE_SECRET=STRONG)
+    assert agentidp(tmp_path, env, "keys", "rotate").returncode == 0
+    env["KEY_STORE_SECRET"] = "y" * 48
+    line = one_failure_line(agentidp(tmp_path, env, *serve_args(free_port(), 1)))
+    assert "cannot be decrypted" in line
+    assert "KEY_STORE_SECRET_PREVIOUS" in line
+    assert "agentidp keys reencrypt" in line
+    assert "plugin" not in line  # the kernel's own failure, not worded as a plugin's

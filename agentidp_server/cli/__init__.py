@@ -36,13 +36,29 @@ def load_idp(overrides: dict[str, Any] | None = None) -> IdP:
 
 @asynccontextmanager
 async def open_idp(overrides: dict[str, Any] | None = None) -> AsyncIterator[IdP]:
-    """The facade with storage open, for commands that read or write state."""
+    """The facade with storage open, for commands that read or write state.
+
+    A store that cannot be reached or lacks its tables ends the command with one
+    line naming the fix and exit 1, never a traceback (issue 15).
+    """
+    from agentidp_server.migrations import migrate
+    from agentidp_server.startup import describe
+
     idp = load_idp(overrides)
-    await idp.open_storage()
     try:
-        yield idp
-    finally:
-        await idp.close_storage()
+        await idp.open_storage()
+        try:
+            if idp.settings.MIGRATE_ON_START:
+                # As `serve` does (on in development): `orgs create` works on a fresh clone.
+                await migrate(idp.db, idp.migration_sets())
+            yield idp
+        finally:
+            await idp.close_storage()
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as error:
+        click.echo("Error: " + describe(error, idp.settings), err=True)
+        sys.exit(1)
 
 
 class HelpGroup(click.Group):

@@ -726,16 +726,20 @@ async def test_private_key_jwt_assertion_is_single_use(agentidp_client, keyed):
     [
         {"aud": "https://other.example.com/token"},
         {"aud": "http://localhost:3000/api/v1/token/introspect"},
-        {"exp": int(time.time()) - 120},
-        {"exp": int(time.time()) + 7200},
+        {"exp": -120},
+        {"exp": 7200},
         {"jti": None},
         {"sub": "someone-else"},
-        {"nbf": int(time.time()) + 600},
+        {"nbf": 600},
     ],
     ids=["foreign_aud", "other_endpoint_aud", "expired", "too_long", "no_jti", "sub", "nbf"],
 )
 async def test_bad_assertions_are_refused(agentidp_client, keyed, overrides):
-    status, body = await assert_with(agentidp_client, assertion(keyed, **overrides))
+    # exp and nbf are offsets from when the test runs, not from collection: a slow
+    # run reached an nbf taken "600 s ahead" at collection and got a token.
+    now = int(time.time())
+    claims = {k: now + v if k in ("exp", "nbf") else v for k, v in overrides.items()}
+    status, body = await assert_with(agentidp_client, assertion(keyed, **claims))
     assert (status, body["error"]) == (401, "invalid_client")
 
 

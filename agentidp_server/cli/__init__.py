@@ -35,16 +35,26 @@ def load_idp(overrides: dict[str, Any] | None = None) -> IdP:
 
 
 @asynccontextmanager
-async def open_idp(overrides: dict[str, Any] | None = None) -> AsyncIterator[IdP]:
+async def open_idp(
+    overrides: dict[str, Any] | None = None, *, managed: bool = True
+) -> AsyncIterator[IdP]:
     """The facade with storage open, for commands that read or write state.
 
     A store that cannot be reached or lacks its tables ends the command with one
-    line naming the fix and exit 1, never a traceback (issue 15).
+    line naming the fix and exit 1, never a traceback (issue 15). `managed=False`
+    (the `db` commands) neither migrates nor words the failure: the caller does.
     """
     from agentidp_server.migrations import migrate
     from agentidp_server.startup import describe
 
     idp = load_idp(overrides)
+    if not managed:
+        await idp.open_storage()
+        try:
+            yield idp
+        finally:
+            await idp.close_storage()
+        return
     try:
         await idp.open_storage()
         try:

@@ -33,7 +33,7 @@ def migrate_cmd() -> None:
     """Apply the kernel's and every enabled plugin's pending migrations."""
 
     async def main() -> None:
-        async with open_idp() as idp:
+        async with open_idp(managed=False) as idp:
             applied = await migrate(idp.db, idp.migration_sets())
         for m in applied:
             click.echo(f"applied {m.migration_set}/{m.name}")
@@ -47,7 +47,7 @@ def status_cmd() -> None:
     """List applied and pending migrations."""
 
     async def main() -> None:
-        async with open_idp() as idp:
+        async with open_idp(managed=False) as idp:
             rows = await status(idp.db, idp.migration_sets())
         for row in rows:
             when = (

@@ -15,6 +15,10 @@ Rules that hold for every hook:
   naming the plugin. A serving-phase hook that raises is logged with the
   plugin's name and does not fail the request, except `token_claims`, whose
   failure fails the token request (a token missing claims is worse than none).
+* Implementations of one hook run in pluggy's order: `tryfirst=True` first,
+  `trylast=True` last, the others the kernel first, then plugins by
+  entry-point name. `wrapper`/`hookwrapper` implementations are refused at
+  load (a wrapper would see coroutines, not results).
 * `idp` is the kernel's public facade (`agentidp_server.IdP`): settings, db,
   kv, metrics registry and the services a plugin may call. Plugins never
   import kernel internals.
@@ -63,7 +67,7 @@ def register_settings() -> list[Setting]:
 
 
 # --------------------------------------------------------------------------
-# Assembly: called while the app is built, in plugin registration order.
+# Assembly: called while the app is built, in plugin order (see above).
 # --------------------------------------------------------------------------
 
 
@@ -144,7 +148,7 @@ def register_commands(cli: click.Group) -> None:
 def lifespan(idp: IdP) -> AbstractAsyncContextManager[None] | None:
     """Return an async context manager entered at startup, exited at shutdown.
 
-    Entered after storage opens, in registration order; exited in reverse
+    Entered after storage opens, in plugin order; exited in reverse
     order, after in-flight requests finish. Raising on entry stops startup.
     """
 

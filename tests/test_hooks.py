@@ -180,7 +180,7 @@ class Second:
 
 def with_second(tmp_path: Path) -> Any:
     idp = build_idp(settings_for(tmp_path))
-    idp.hooks.pm.register(Second(idp), name="second")
+    idp.hooks.add(Second(idp), "second")
     return idp
 
 

@@ -290,6 +290,77 @@ def test_async_register_hook_is_refused(tmp_path, publish):
         create_app(settings_for(tmp_path, ROGUE_ENABLED=True))
 
 
+# Hook implementation order (pluggy's options) -------------------------------
+
+
+def _ordered(name: str, **opts: Any) -> object:
+    class Ordered:
+        @hookimpl(**opts)
+        def discovery_metadata(self) -> dict[str, Any]:
+            return {"call_order": [name]}
+
+    return Ordered()
+
+
+async def test_hookimpl_order_is_pluggys(tmp_path, publish):
+    publish(
+        aaa=_ordered("aaa", trylast=True),
+        bbb=_ordered("bbb"),
+        ccc=_ordered("ccc", tryfirst=True),
+        ddd=_ordered("ddd"),
+    )
+    names = {f"{n.upper()}_ENABLED": True for n in ("aaa", "bbb", "ccc", "ddd")}
+    idp = build_idp(settings_for(tmp_path, **names))
+    merged = await idp.hooks.discovery_metadata(idp)
+    # tryfirst first, trylast last, the others kernel first then by entry-point name.
+    assert merged["call_order"] == ["ccc", "bbb", "ddd", "aaa"]
+    # ... which is the order pluggy itself calls them in.
+    native = idp.hooks.pm.hook.discovery_metadata(idp=idp)
+    assert [f["call_order"][0] for f in native if "call_order" in f] == merged["call_order"]
+    # A plugin added later is called after the others, as if its name sorted last.
+    idp.hooks.add(_ordered("late"), "late")
+    assert (await idp.hooks.discovery_metadata(idp))["call_order"] == [
+        "ccc", "bbb", "ddd", "late", "aaa"
+    ]  # fmt: skip
+
+
+class GeneratorWrapper:
+    @hookimpl(wrapper=True)
+    def discovery_metadata(self) -> Any:
+        return (yield)
+
+
+class OldStyleWrapper:
+    @hookimpl(hookwrapper=True)
+    def token_claims(self) -> Any:
+        yield
+
+
+class AsyncWrapper:
+    @hookimpl(wrapper=True)
+    async def token_status(self) -> Any:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("plugin", "hook"),
+    [
+        (GeneratorWrapper(), "discovery_metadata"),
+        (OldStyleWrapper(), "token_claims"),
+        (AsyncWrapper(), "token_status"),
+    ],
+    ids=["wrapper", "hookwrapper", "async-wrapper"],
+)
+def test_wrapper_hookimpls_are_refused_at_load(tmp_path, publish, plugin, hook):
+    publish(rogue=plugin)
+    with pytest.raises(PluginError) as raised:
+        load_plugins(settings_for(tmp_path, ROGUE_ENABLED=True))
+    assert str(raised.value) == (
+        f"plugin 'rogue': {hook} is marked wrapper/hookwrapper, which AgentIdP does not "
+        "support (hooks may be async); use tryfirst or trylast"
+    )
+
+
 # CLI ----------------------------------------------------------------------
 
 

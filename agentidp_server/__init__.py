@@ -3,6 +3,7 @@
 from agentidp_server.api.auth import principal, principal_actor, principal_org, require_scope
 from agentidp_server.audit import Actor
 from agentidp_server.background import BackgroundTask
+from agentidp_server.cli import load_idp, open_idp
 from agentidp_server.grants import GrantType
 from agentidp_server.health import HealthCheck
 from agentidp_server.hookspecs import hookimpl
@@ -37,6 +38,8 @@ __all__ = [
     "document_raw_response",
     "hookimpl",
     "issued_at_ms",
+    "load_idp",
+    "open_idp",
     "principal",
     "principal_actor",
     "principal_org",

@@ -135,7 +135,7 @@ def register_commands(cli: click.Group) -> None:
     """Add `agentidp` subcommands to `cli` (a click group).
 
     Called when the CLI starts, for enabled plugins only. A command that needs
-    storage should use `agentidp_server.cli.open_idp()`.
+    storage should use `agentidp_server.open_idp()`.
     """
 
 

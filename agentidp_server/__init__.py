@@ -15,6 +15,7 @@ from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.rfc9068 import InvalidToken, issued_at_ms
 from agentidp_server.oauth.token_request import TokenRequest
 from agentidp_server.openapi import document_empty, document_errors, document_raw_response
+from agentidp_server.scopes import Scope
 from agentidp_server.settings import Setting
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidToken",
     "MigrationSet",
     "OAuthError",
+    "Scope",
     "Setting",
     "TokenRequest",
     "__version__",

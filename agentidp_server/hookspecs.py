@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from agentidp_server.health import HealthCheck
     from agentidp_server.idp import IdP
     from agentidp_server.migrations import MigrationSet
+    from agentidp_server.scopes import Scope
     from agentidp_server.settings import Setting
 
 PROJECT = "agentidp"
@@ -98,6 +99,19 @@ def register_grant_types(idp: IdP) -> list[GrantType]:
     A grant type another plugin (or the kernel) already handles stops startup.
     Every grant runs through the kernel's client authentication, rate limits,
     policy and audit before and after the handler.
+    """
+
+
+@hookspec
+def register_scopes(idp: IdP) -> list[Scope]:
+    """Declare the OAuth scopes the plugin's routes require (`agentidp_server.Scope`).
+
+    Called once per app. Each `Scope(name, description, admin=...)` has an RFC
+    6749 §3.3 scope-token name (`analytics:read`); a name another plugin (or the
+    kernel) already declared stops startup with both named. Declared scopes are
+    listed in the RFC 8414 `scopes_supported`; with `admin=True`, every
+    organisation's admin client may be issued it, including admins created
+    before the plugin was enabled. Disabling the plugin withdraws its scopes.
     """
 
 

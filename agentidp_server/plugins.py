@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from agentidp_server.health import HealthCheck
     from agentidp_server.idp import IdP
     from agentidp_server.migrations import MigrationSet
+    from agentidp_server.scopes import ScopeRegistry
 
 log = logging.getLogger("agentidp.plugins")
 T = TypeVar("T")
@@ -236,6 +237,7 @@ class Hooks:
         self.pm = pm
         self.plugins = plugins
         self._order: list[tuple[str, object]] = []  # plugins in call order (kernel first)
+        self._scopes: ScopeRegistry | None = None
 
     def register_all(self, plugins: list[tuple[str, object]]) -> None:
         """Register `plugins` so that pluggy's own order (last registered first) calls
@@ -341,6 +343,29 @@ class Hooks:
                 )
             grants[name], owners[name] = grant, plugin
         return grants
+
+    def scopes(self, idp: IdP) -> ScopeRegistry:
+        """Every enabled plugin's declared scopes, collected once (the token endpoint
+        reads the admin set on each admin request without calling a hook)."""
+        if self._scopes is None:
+            from agentidp_server.scopes import ScopeRegistry, check_scope
+
+            owners: dict[str, str] = {}
+            declared = []
+            for plugin, item in self._lists("register_scopes", idp=idp):
+                try:
+                    scope = check_scope(item)
+                except ValueError as error:
+                    raise PluginError(f"plugin {plugin!r}: {error}") from None
+                if scope.name in owners:
+                    raise PluginError(
+                        f"plugin {plugin!r}: scope {scope.name!r} is already declared by "
+                        f"{owners[scope.name]!r}"
+                    )
+                owners[scope.name] = plugin
+                declared.append(scope)
+            self._scopes = ScopeRegistry.of(declared)
+        return self._scopes
 
     def metrics(self, idp: IdP, registry: CollectorRegistry) -> None:
         for _ in self._call("register_metrics", idp=idp, registry=registry):

@@ -3,6 +3,7 @@
 from agentidp_server.api.auth import principal, principal_actor, principal_org, require_scope
 from agentidp_server.audit import Actor
 from agentidp_server.background import BackgroundTask
+from agentidp_server.cli import load_idp, open_idp
 from agentidp_server.grants import GrantType
 from agentidp_server.health import HealthCheck
 from agentidp_server.hookspecs import hookimpl
@@ -14,6 +15,7 @@ from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.rfc9068 import InvalidToken, issued_at_ms
 from agentidp_server.oauth.token_request import TokenRequest
 from agentidp_server.openapi import document_empty, document_errors, document_raw_response
+from agentidp_server.scopes import Scope
 from agentidp_server.settings import Setting
 
 __version__ = "0.1.0"
@@ -28,6 +30,7 @@ __all__ = [
     "InvalidToken",
     "MigrationSet",
     "OAuthError",
+    "Scope",
     "Setting",
     "TokenRequest",
     "__version__",
@@ -37,6 +40,8 @@ __all__ = [
     "document_raw_response",
     "hookimpl",
     "issued_at_ms",
+    "load_idp",
+    "open_idp",
     "principal",
     "principal_actor",
     "principal_org",

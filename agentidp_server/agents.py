@@ -8,18 +8,22 @@ import math
 from typing import Any
 
 from agentidp_server.ids import could_be_client_id, new_client_id, new_id, now_ms, valid_scopes
+from agentidp_server.scopes import Scope
 from agentidp_server.storage.db import Connection, Database, Row
 
 STATUSES = ("active", "suspended", "decommissioned")
-# The organisation admin client's scopes: the whole management API.
-ADMIN_SCOPES = (
-    "agents:read",
-    "agents:write",
-    "credentials:read",
-    "credentials:write",
-    "tokens:revoke",
-    "audit:read",
+# The management API's scopes, declared through register_scopes like a plugin's;
+# org admins hold them all.
+KERNEL_SCOPES = (
+    Scope("agents:read", "Read the organisation's agents", admin=True),
+    Scope("agents:write", "Register, change and decommission agents", admin=True),
+    Scope("credentials:read", "List agents' credentials (never their secrets)", admin=True),
+    Scope("credentials:write", "Issue and revoke agents' credentials", admin=True),
+    Scope("tokens:revoke", "Revoke any access token of the organisation", admin=True),
+    Scope("audit:read", "Read and verify the organisation's audit log", admin=True),
 )
+# Stored on a new organisation's admin client; plugins' admin scopes are added at use.
+ADMIN_SCOPES = tuple(s.name for s in KERNEL_SCOPES)
 _FIELDS = "agent_id, org_id, client_id, kind, name, description, owner, deployment_env, scopes, metadata, status, created_at, updated_at"  # noqa: E501
 _READ = _FIELDS + ", tokens_valid_after"
 

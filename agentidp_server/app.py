@@ -58,6 +58,7 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
     idp.hooks.metrics(idp, idp.registry)
     _mount_blueprints(app, idp)
     core_state["grant_types"] = idp.hooks.grant_types(idp)
+    idp.hooks.scopes(idp)  # collected and checked now: a duplicate stops startup
     core_state["health_checks"] = idp.hooks.health_checks(idp)
 
     @app.after_request

@@ -12,12 +12,13 @@ import click
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from quart import Blueprint
 
-from agentidp_server.agents import ADMIN_SCOPES
+from agentidp_server.agents import KERNEL_SCOPES
 from agentidp_server.background import BackgroundTask
 from agentidp_server.hookspecs import hookimpl
 from agentidp_server.ids import now_ms
 from agentidp_server.metrics import labelled
 from agentidp_server.migrations import MigrationSet
+from agentidp_server.scopes import Scope
 from agentidp_server.settings import KERNEL_SETTINGS, Setting
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ def register_blueprints(idp: IdP) -> list[Blueprint]:
     from agentidp_server.api import agents, audit, credentials, operator
     from agentidp_server.oauth import endpoints
 
-    idp.state.setdefault("core", {})["scopes_supported"] = list(ADMIN_SCOPES)
     return [
         endpoints.blueprint,
         agents.blueprint,
@@ -56,6 +56,11 @@ def register_blueprints(idp: IdP) -> list[Blueprint]:
         operator.blueprint,
         audit.blueprint,
     ]
+
+
+@hookimpl
+def register_scopes(idp: IdP) -> list[Scope]:
+    return list(KERNEL_SCOPES)
 
 
 @hookimpl

@@ -15,6 +15,10 @@ Rules that hold for every hook:
   naming the plugin. A serving-phase hook that raises is logged with the
   plugin's name and does not fail the request, except `token_claims`, whose
   failure fails the token request (a token missing claims is worse than none).
+* Implementations of one hook run in pluggy's order: `tryfirst=True` first,
+  `trylast=True` last, the others the kernel first, then plugins by
+  entry-point name. `wrapper`/`hookwrapper` implementations are refused at
+  load (a wrapper would see coroutines, not results).
 * `idp` is the kernel's public facade (`agentidp_server.IdP`): settings, db,
   kv, metrics registry and the services a plugin may call. Plugins never
   import kernel internals.
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from agentidp_server.health import HealthCheck
     from agentidp_server.idp import IdP
     from agentidp_server.migrations import MigrationSet
+    from agentidp_server.scopes import Scope
     from agentidp_server.settings import Setting
 
 PROJECT = "agentidp"
@@ -63,7 +68,7 @@ def register_settings() -> list[Setting]:
 
 
 # --------------------------------------------------------------------------
-# Assembly: called while the app is built, in plugin registration order.
+# Assembly: called while the app is built, in plugin order (see above).
 # --------------------------------------------------------------------------
 
 
@@ -94,6 +99,19 @@ def register_grant_types(idp: IdP) -> list[GrantType]:
     A grant type another plugin (or the kernel) already handles stops startup.
     Every grant runs through the kernel's client authentication, rate limits,
     policy and audit before and after the handler.
+    """
+
+
+@hookspec
+def register_scopes(idp: IdP) -> list[Scope]:
+    """Declare the OAuth scopes the plugin's routes require (`agentidp_server.Scope`).
+
+    Called once per app. Each `Scope(name, description, admin=...)` has an RFC
+    6749 §3.3 scope-token name (`analytics:read`); a name another plugin (or the
+    kernel) already declared stops startup with both named. Declared scopes are
+    listed in the RFC 8414 `scopes_supported`; with `admin=True`, every
+    organisation's admin client may be issued it, including admins created
+    before the plugin was enabled. Disabling the plugin withdraws its scopes.
     """
 
 
@@ -131,7 +149,7 @@ def register_commands(cli: click.Group) -> None:
     """Add `agentidp` subcommands to `cli` (a click group).
 
     Called when the CLI starts, for enabled plugins only. A command that needs
-    storage should use `agentidp_server.cli.open_idp()`.
+    storage should use `agentidp_server.open_idp()`.
     """
 
 
@@ -144,7 +162,7 @@ def register_commands(cli: click.Group) -> None:
 def lifespan(idp: IdP) -> AbstractAsyncContextManager[None] | None:
     """Return an async context manager entered at startup, exited at shutdown.
 
-    Entered after storage opens, in registration order; exited in reverse
+    Entered after storage opens, in plugin order; exited in reverse
     order, after in-flight requests finish. Raising on entry stops startup.
     """
 

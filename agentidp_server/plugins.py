@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from agentidp_server.health import HealthCheck
     from agentidp_server.idp import IdP
     from agentidp_server.migrations import MigrationSet
+    from agentidp_server.scopes import ScopeRegistry
 
 log = logging.getLogger("agentidp.plugins")
 T = TypeVar("T")
@@ -177,10 +178,10 @@ def load_plugins(settings: Any) -> Hooks:
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for module_name in KERNEL_PLUGINS:
-        pm.register(
-            importlib.import_module(module_name), name=f"{CORE}:{module_name.rsplit('.', 1)[-1]}"
-        )
+    order: list[tuple[str, object]] = [
+        (f"{CORE}:{module_name.rsplit('.', 1)[-1]}", importlib.import_module(module_name))
+        for module_name in KERNEL_PLUGINS
+    ]
     infos: list[PluginInfo] = []
     seen: dict[str, str] = {}
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -197,14 +198,25 @@ def load_plugins(settings: Any) -> Hooks:
             pm.set_blocked(ep.name)
             continue
         try:
-            pm.register(ep.load(), name=ep.name)
+            order.append((ep.name, ep.load()))
         except Exception as error:
             raise PluginError(f"plugin {ep.name!r} failed to load: {error}") from error
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as error:
-        raise PluginError(f"plugin {error.plugin!r}: {error}") from error
-    return Hooks(pm, infos)
+    hooks = Hooks(pm, infos)
+    hooks.register_all(order)
+    return hooks
+
+
+def _refuse_wrappers(pm: pluggy.PluginManager, name: str, plugin: object) -> None:
+    """Wrappers wrap a synchronous call chain; ours are awaited one by one, so a
+    wrapper would see the coroutines, not the results: refused rather than misused."""
+    for attr in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        if opts and (opts.get("wrapper") or opts.get("hookwrapper")):
+            hook = opts.get("specname") or attr
+            raise PluginError(
+                f"plugin {_plugin_label(name)!r}: {hook} is marked wrapper/hookwrapper, which "
+                "AgentIdP does not support (hooks may be async); use tryfirst or trylast"
+            )
 
 
 async def await_me_maybe(value: T | Awaitable[T]) -> T:
@@ -224,6 +236,32 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager, plugins: list[PluginInfo]) -> None:
         self.pm = pm
         self.plugins = plugins
+        self._order: list[tuple[str, object]] = []  # plugins in call order (kernel first)
+        self._scopes: ScopeRegistry | None = None
+
+    def register_all(self, plugins: list[tuple[str, object]]) -> None:
+        """Register `plugins` so that pluggy's own order (last registered first) calls
+        them in the order given, kernel first; tryfirst/trylast move one impl from it."""
+        for name, plugin in plugins:
+            _refuse_wrappers(self.pm, name, plugin)
+        for name, plugin in reversed(plugins):
+            try:
+                self.pm.register(plugin, name=name)
+            except (ValueError, pluggy.PluginValidationError) as error:
+                raise PluginError(f"plugin {_plugin_label(name)!r}: {error}") from error
+        self._order.extend(plugins)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as error:
+            raise PluginError(f"plugin {error.plugin!r}: {error}") from error
+
+    def add(self, plugin: object, name: str) -> None:
+        """Register one more plugin, called after those already registered (tests,
+        embedding); pluggy would call a late registration first."""
+        for registered, _ in self._order:
+            self.pm.unregister(name=registered)
+        order, self._order = [*self._order, (name, plugin)], []
+        self.register_all(order)
 
     @property
     def enabled(self) -> list[str]:
@@ -231,7 +269,8 @@ class Hooks:
 
     def _impls(self, hook: str) -> Iterator[tuple[str, Callable[..., Any], list[str]]]:
         caller = getattr(self.pm.hook, hook)
-        for impl in caller.get_hookimpls():
+        # pluggy keeps impls in reverse call order (trylast first) and calls them backwards.
+        for impl in reversed(caller.get_hookimpls()):
             yield _plugin_label(impl.plugin_name), impl.function, list(impl.argnames)
 
     def implemented(self, hook: str) -> bool:
@@ -304,6 +343,29 @@ class Hooks:
                 )
             grants[name], owners[name] = grant, plugin
         return grants
+
+    def scopes(self, idp: IdP) -> ScopeRegistry:
+        """Every enabled plugin's declared scopes, collected once (the token endpoint
+        reads the admin set on each admin request without calling a hook)."""
+        if self._scopes is None:
+            from agentidp_server.scopes import ScopeRegistry, check_scope
+
+            owners: dict[str, str] = {}
+            declared = []
+            for plugin, item in self._lists("register_scopes", idp=idp):
+                try:
+                    scope = check_scope(item)
+                except ValueError as error:
+                    raise PluginError(f"plugin {plugin!r}: {error}") from None
+                if scope.name in owners:
+                    raise PluginError(
+                        f"plugin {plugin!r}: scope {scope.name!r} is already declared by "
+                        f"{owners[scope.name]!r}"
+                    )
+                owners[scope.name] = plugin
+                declared.append(scope)
+            self._scopes = ScopeRegistry.of(declared)
+        return self._scopes
 
     def metrics(self, idp: IdP, registry: CollectorRegistry) -> None:
         for _ in self._call("register_metrics", idp=idp, registry=registry):

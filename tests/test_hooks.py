@@ -90,6 +90,22 @@ async def test_register_grant_types(agentidp_idp):
     assert isinstance(grants[GRANT_TYPE], HelloGrant)
 
 
+async def test_register_scopes(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    issued = await token(agentidp_client, org["client_id"], org["client_secret"])
+    # An admin holds hello's admin scope, and not the one hello keeps for agents.
+    assert "hello:read" in issued["scope"].split()
+    assert "hello:wave" not in issued["scope"].split()
+    private = await agentidp_client.get(
+        "/hello/private", headers={"Authorization": f"Bearer {issued['access_token']}"}
+    )
+    assert (private.status_code, (await private.get_json())["org_id"]) == (200, org["org_id"])
+    metadata = await (
+        await agentidp_client.get("/.well-known/oauth-authorization-server")
+    ).get_json()
+    assert {"agents:read", "hello:read", "hello:wave"} <= set(metadata["scopes_supported"])
+
+
 async def test_register_metrics(agentidp_client):
     for _ in range(3):
         await agentidp_client.get("/hello")
@@ -180,7 +196,7 @@ class Second:
 
 def with_second(tmp_path: Path) -> Any:
     idp = build_idp(settings_for(tmp_path))
-    idp.hooks.pm.register(Second(idp), name="second")
+    idp.hooks.add(Second(idp), "second")
     return idp
 
 

@@ -7,6 +7,7 @@ fake entry points so that every error goes through `load_plugins`/`create_app`.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import re
@@ -288,6 +289,156 @@ def test_async_register_hook_is_refused(tmp_path, publish):
     publish(rogue=AsyncBlueprints())
     with pytest.raises(PluginError, match="plugin 'rogue': register_blueprints must not be async"):
         create_app(settings_for(tmp_path, ROGUE_ENABLED=True))
+
+
+# Hook implementation order (pluggy's options) -------------------------------
+
+
+def _ordered(name: str, **opts: Any) -> object:
+    class Ordered:
+        @hookimpl(**opts)
+        def discovery_metadata(self) -> dict[str, Any]:
+            return {"call_order": [name]}
+
+    return Ordered()
+
+
+async def test_hookimpl_order_is_pluggys(tmp_path, publish):
+    publish(
+        aaa=_ordered("aaa", trylast=True),
+        bbb=_ordered("bbb"),
+        ccc=_ordered("ccc", tryfirst=True),
+        ddd=_ordered("ddd"),
+    )
+    names = {f"{n.upper()}_ENABLED": True for n in ("aaa", "bbb", "ccc", "ddd")}
+    idp = build_idp(settings_for(tmp_path, **names))
+    merged = await idp.hooks.discovery_metadata(idp)
+    # tryfirst first, trylast last, the others kernel first then by entry-point name.
+    assert merged["call_order"] == ["ccc", "bbb", "ddd", "aaa"]
+    # ... which is the order pluggy itself calls them in.
+    native = idp.hooks.pm.hook.discovery_metadata(idp=idp)
+    assert [f["call_order"][0] for f in native if "call_order" in f] == merged["call_order"]
+    # A plugin added later is called after the others, as if its name sorted last.
+    idp.hooks.add(_ordered("late"), "late")
+    assert (await idp.hooks.discovery_metadata(idp))["call_order"] == [
+        "ccc", "bbb", "ddd", "late", "aaa"
+    ]  # fmt: skip
+
+
+class GeneratorWrapper:
+    @hookimpl(wrapper=True)
+    def discovery_metadata(self) -> Any:
+        return (yield)
+
+
+class OldStyleWrapper:
+    @hookimpl(hookwrapper=True)
+    def token_claims(self) -> Any:
+        yield
+
+
+class AsyncWrapper:
+    @hookimpl(wrapper=True)
+    async def token_status(self) -> Any:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("plugin", "hook"),
+    [
+        (GeneratorWrapper(), "discovery_metadata"),
+        (OldStyleWrapper(), "token_claims"),
+        (AsyncWrapper(), "token_status"),
+    ],
+    ids=["wrapper", "hookwrapper", "async-wrapper"],
+)
+def test_wrapper_hookimpls_are_refused_at_load(tmp_path, publish, plugin, hook):
+    publish(rogue=plugin)
+    with pytest.raises(PluginError) as raised:
+        load_plugins(settings_for(tmp_path, ROGUE_ENABLED=True))
+    assert str(raised.value) == (
+        f"plugin 'rogue': {hook} is marked wrapper/hookwrapper, which AgentIdP does not "
+        "support (hooks may be async); use tryfirst or trylast"
+    )
+
+
+# Plugins import only the package root (issue 16) ----------------------------
+
+PLUGIN_PACKAGES = sorted(
+    [*ROOT.glob("plugins/*/agentidp_*/"), ROOT / "tests/fixtures/agentidp-hello/agentidp_hello"]
+)
+
+
+def kernel_imports_beyond_the_root(package: Path) -> list[str]:
+    """Each import of the kernel other than a name `agentidp_server` exports, as file:line."""
+    import agentidp_server
+
+    exported = set(agentidp_server.__all__)
+    found: list[str] = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                found += [
+                    f"{where} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("agentidp_server.")
+                ]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.startswith("agentidp_server."):
+                    found.append(f"{where} from {node.module}")
+                elif node.module == "agentidp_server":
+                    found += [
+                        f"{where} from agentidp_server import {a.name}"
+                        for a in node.names
+                        if a.name not in exported  # a submodule, or a name not exported
+                    ]
+            elif isinstance(node, ast.Call) and node.args:
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                arg = node.args[0]
+                if (
+                    name in ("import_module", "__import__")
+                    and isinstance(arg, ast.Constant)
+                    and str(arg.value).startswith("agentidp_server.")
+                ):
+                    found.append(f"{where} {name}({arg.value!r})")
+    return found
+
+
+def test_there_are_plugin_packages():
+    names = {p.name for p in PLUGIN_PACKAGES}
+    assert {"agentidp_did", "agentidp_oidc", "agentidp_delegation", "agentidp_hello"} <= names
+
+
+@pytest.mark.parametrize("package", PLUGIN_PACKAGES, ids=lambda p: p.name)
+def test_plugin_imports_only_the_package_root(package):
+    assert kernel_imports_beyond_the_root(package) == []
+
+
+def test_the_import_scan_finds_each_kind_of_breach(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    package = tmp_path / "agentidp_rogue"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import importlib\n"
+        "import agentidp_server\n"
+        "import agentidp_server.idp\n"
+        "from agentidp_server.cli import load_idp\n"
+        "from agentidp_server import IdP, agents\n"
+        "from . import local\n"
+        "def later():\n"
+        "    from agentidp_server.oauth import errors\n"
+        "    importlib.import_module('agentidp_server.core')\n",
+        encoding="utf-8",
+    )
+    assert kernel_imports_beyond_the_root(package) == [
+        "agentidp_rogue/__init__.py:3 import agentidp_server.idp",
+        "agentidp_rogue/__init__.py:4 from agentidp_server.cli",
+        "agentidp_rogue/__init__.py:5 from agentidp_server import agents",
+        "agentidp_rogue/__init__.py:8 from agentidp_server.oauth",
+        "agentidp_rogue/__init__.py:9 import_module('agentidp_server.core')",
+    ]
 
 
 # CLI ----------------------------------------------------------------------

@@ -44,7 +44,9 @@ class ClientCredentialsGrant:
 
     def check(self, request: TokenRequest) -> tuple[list[str], str]:
         """Every refusal of this grant (no I/O): the scopes and audience to issue."""
-        scopes = requested_scopes(request.params.get("scope"), request.client.agent["scopes"])
+        # An admin also holds every enabled plugin's admin scopes (collected once per app).
+        allowed = request.idp.hooks.scopes(request.idp).allowed(request.client.agent)
+        scopes = requested_scopes(request.params.get("scope"), allowed)
         audience = resource_audience(
             request.params.get("resource"), request.idp.tokens.default_audience()
         )

@@ -184,7 +184,7 @@ async def metadata(idp: IdP) -> dict[str, Any]:
         "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "scopes_supported": list(idp.state["core"].get("scopes_supported", [])),
+        "scopes_supported": idp.hooks.scopes(idp).supported,
         "access_token_signing_alg_values_supported": sorted({k.alg for k in idp.keys.published()}),
     }
     extra = await idp.hooks.discovery_metadata(idp)

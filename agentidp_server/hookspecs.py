@@ -206,7 +206,8 @@ def token_response(
 ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
     """Return extra fields for a successful token response (an OIDC `id_token`).
 
-    `context` holds `agent` (the authenticated client's agent), `grant_type`,
+    `context` holds `agent` (the authenticated client's agent; None for a
+    request without client authentication to a grant accepting "none"), `grant_type`,
     `params` (the request's parameters without credentials or presented
     tokens), `claims` (the issued access token's claims) and `access_token`
     (the issued access token, e.g. for an id_token's `at_hash`). The response's

@@ -94,7 +94,8 @@ def register_client_auth_methods(idp: IdP) -> list[ClientAuthMethod]:
     """Return client authentication methods (`agentidp_server.ClientAuthMethod`).
 
     Each has a `name` (as in the IANA OAuth Token Endpoint Authentication
-    Methods registry, e.g. `tls_client_auth`), `presented(params, header)`
+    Methods registry, e.g. `tls_client_auth`), `secret_params` (parameters
+    carrying the credential, kept from other hooks), `presented(params, header)`
     (whether a request uses it; no I/O) and `async authenticate(idp, params,
     endpoint)` returning an `agentidp_server.Client` or raising
     `OAuthError("invalid_client", ..., 401)`. The kernel registers

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentidp_hello import AUTH_METHOD, GRANT_TYPE
+from agentidp_hello import AUTH_METHOD, GRANT_TYPE, state
 
 from agentidp_server import hookimpl
 from agentidp_server.app import build_idp, create_app
@@ -198,3 +198,20 @@ def test_client_auth_method_contract_breaches_stop_startup(tmp_path, plugin, mes
     idp.hooks.pm.register(plugin, name="rogue")
     with pytest.raises(PluginError, match=message):
         create_app(idp=idp)
+
+
+async def test_a_registered_methods_secret_parameters_never_reach_plugins(
+    agentidp_client, agentidp_idp
+):
+    org = await make_org(agentidp_idp)
+    own = (await token(agentidp_client, org["client_id"], org["client_secret"]))["access_token"]
+    status, body = await post(
+        agentidp_client, {"grant_type": GRANT_TYPE, "hello_token": own, "mint": "yes"}
+    )
+    assert status == 200, body
+    context = state(agentidp_idp)["token_responses"][-1]
+    assert context["grant_type"] == GRANT_TYPE
+    assert context["params"] == {"grant_type": GRANT_TYPE, "mint": "yes"}
+    # Without client authentication the grant has no client to mint for.
+    status, body = await post(agentidp_client, {"grant_type": GRANT_TYPE, "mint": "yes"})
+    assert (status, body["error"]) == (401, "invalid_client")

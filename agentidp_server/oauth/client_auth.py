@@ -218,6 +218,11 @@ class ClientAuthMethod(Protocol):
 
     name: str
 
+    @property
+    def secret_params(self) -> Collection[str]:
+        """Request parameters that carry the credential: never handed to plugins' hooks."""
+        ...
+
     def presented(self, params: Mapping[str, str], header: Callable[[str], str]) -> bool:
         """Whether the request uses this method (no I/O); `header(name)` reads a header."""
         ...
@@ -229,6 +234,7 @@ class ClientAuthMethod(Protocol):
 
 class ClientSecretBasic:
     name = "client_secret_basic"
+    secret_params: tuple[str, ...] = ()  # the secret travels in the Authorization header
 
     def presented(self, params: Mapping[str, str], header: Callable[[str], str]) -> bool:
         return _basic() is not None  # a malformed Basic header is refused here, as before
@@ -244,6 +250,7 @@ class ClientSecretBasic:
 
 class ClientSecretPost:
     name = "client_secret_post"
+    secret_params = ("client_secret",)
 
     def presented(self, params: Mapping[str, str], header: Callable[[str], str]) -> bool:
         return "client_secret" in params
@@ -256,6 +263,7 @@ class ClientSecretPost:
 
 class PrivateKeyJwt:
     name = "private_key_jwt"
+    secret_params = ("client_assertion",)
 
     def presented(self, params: Mapping[str, str], header: Callable[[str], str]) -> bool:
         return "client_assertion" in params or "client_assertion_type" in params

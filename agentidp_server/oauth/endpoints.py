@@ -47,6 +47,16 @@ PRESENTED_SECRETS = frozenset(
 )
 
 
+def presented_secrets(idp: IdP) -> frozenset[str]:
+    """PRESENTED_SECRETS and every registered client auth method's `secret_params`."""
+    names: frozenset[str] | None = idp.state["core"].get("presented_secrets")
+    if names is None:
+        extra = (getattr(m, "secret_params", ()) for m in methods_of(idp).values())
+        names = PRESENTED_SECRETS.union(*extra)
+        idp.state["core"]["presented_secrets"] = names
+    return names
+
+
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     response = Response(json.dumps(body), status=status, content_type="application/json")
     # RFC 6749 §5.1: token responses are never cached.
@@ -115,7 +125,7 @@ async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
         context = {
             "agent": client.agent if client is not None else None,
             "grant_type": grant_type,
-            "params": {k: v for k, v in params.items() if k not in PRESENTED_SECRETS},
+            "params": {k: v for k, v in params.items() if k not in presented_secrets(idp)},
             # We just signed it: its payload needs decoding, not verifying.
             "claims": access_token_claims(body["access_token"]),
             # The issued token itself: an OIDC id_token's at_hash hashes it (OIDC Core §3.1.3.6).

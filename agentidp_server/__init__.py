@@ -10,8 +10,17 @@ from agentidp_server.hookspecs import hookimpl
 from agentidp_server.http import ApiError
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.migrations import MigrationSet
+from agentidp_server.oauth.client_auth import Client, ClientAuthMethod
 from agentidp_server.oauth.client_credentials import resource_uri
 from agentidp_server.oauth.errors import OAuthError
+from agentidp_server.oauth.rfc8693 import (
+    ACCESS_TOKEN_TYPE,
+    JWT_TOKEN_TYPE,
+    TOKEN_EXCHANGE,
+    ExchangedToken,
+    TokenExchange,
+    TokenExchangeHandler,
+)
 from agentidp_server.oauth.rfc9068 import InvalidToken, issued_at_ms
 from agentidp_server.oauth.token_request import TokenRequest
 from agentidp_server.openapi import document_empty, document_errors, document_raw_response
@@ -21,9 +30,15 @@ from agentidp_server.settings import Setting
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
+    "JWT_TOKEN_TYPE",
+    "TOKEN_EXCHANGE",
     "Actor",
     "ApiError",
     "BackgroundTask",
+    "Client",
+    "ClientAuthMethod",
+    "ExchangedToken",
     "GrantType",
     "HealthCheck",
     "IdP",
@@ -32,6 +47,8 @@ __all__ = [
     "OAuthError",
     "Scope",
     "Setting",
+    "TokenExchange",
+    "TokenExchangeHandler",
     "TokenRequest",
     "__version__",
     "current_idp",

@@ -10,6 +10,7 @@ from quart import Quart, Response
 
 from agentidp_server import http, openapi
 from agentidp_server.background import TaskSupervisor
+from agentidp_server.grants import grant_auth_methods
 from agentidp_server.idp import IdP
 from agentidp_server.logs import configure_logging
 from agentidp_server.metrics import observe_request
@@ -57,8 +58,12 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
     openapi.install(app)
     idp.hooks.metrics(idp, idp.registry)
     _mount_blueprints(app, idp)
+    core_state["client_auth_methods"] = idp.hooks.client_auth_methods(idp)
     core_state["grant_types"] = idp.hooks.grant_types(idp)
     idp.hooks.scopes(idp)  # collected and checked now: a duplicate stops startup
+    core_state["grant_auth_methods"] = grant_auth_methods(
+        core_state["grant_types"], core_state["client_auth_methods"]
+    )
     core_state["health_checks"] = idp.hooks.health_checks(idp)
 
     @app.after_request

@@ -24,6 +24,7 @@ from agentidp_server.settings import KERNEL_SETTINGS, Setting
 if TYPE_CHECKING:
     from agentidp_server.grants import GrantType
     from agentidp_server.idp import IdP
+    from agentidp_server.oauth.client_auth import ClientAuthMethod
 
 EXPIRING_WINDOW_MS = 7 * 24 * 3600 * 1000
 
@@ -64,10 +65,22 @@ def register_scopes(idp: IdP) -> list[Scope]:
 
 
 @hookimpl
+def register_client_auth_methods(idp: IdP) -> list[ClientAuthMethod]:
+    from agentidp_server.oauth.client_auth import KERNEL_METHODS
+
+    return list(KERNEL_METHODS.values())
+
+
+@hookimpl
 def register_grant_types(idp: IdP) -> list[GrantType]:
     from agentidp_server.oauth.client_credentials import ClientCredentialsGrant
+    from agentidp_server.oauth.rfc8693 import TokenExchangeGrant
 
-    return [ClientCredentialsGrant()]
+    grants: list[GrantType] = [ClientCredentialsGrant()]
+    handlers = idp.hooks.token_exchange_handlers(idp)
+    if handlers:  # RFC 8693 is served (and advertised) only with someone to decide
+        grants.append(TokenExchangeGrant(handlers))
+    return grants
 
 
 @hookimpl

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from agentidp_server.health import HealthCheck
     from agentidp_server.idp import IdP
     from agentidp_server.migrations import MigrationSet
+    from agentidp_server.oauth.client_auth import ClientAuthMethod
+    from agentidp_server.oauth.rfc8693 import TokenExchangeHandler
     from agentidp_server.scopes import Scope
     from agentidp_server.settings import Setting
 
@@ -93,12 +95,48 @@ def register_migrations(idp: IdP) -> list[MigrationSet]:
 
 
 @hookspec
+def register_client_auth_methods(idp: IdP) -> list[ClientAuthMethod]:
+    """Return client authentication methods (`agentidp_server.ClientAuthMethod`).
+
+    Each has a `name` (as in the IANA OAuth Token Endpoint Authentication
+    Methods registry, e.g. `tls_client_auth`), `secret_params` (parameters
+    carrying the credential, kept from other hooks), `presented(params, header)`
+    (whether a request uses it; no I/O) and `async authenticate(idp, params,
+    endpoint)` returning an `agentidp_server.Client` or raising
+    `OAuthError("invalid_client", ..., 401)`. The kernel registers
+    `client_secret_basic`, `client_secret_post` and `private_key_jwt` here.
+    A name another plugin (or the kernel) registered, or `none`, stops startup.
+    Registered methods are served at the token, introspection and revocation
+    endpoints and listed in the metadata; a request presenting two is refused.
+    """
+
+
+@hookspec
 def register_grant_types(idp: IdP) -> list[GrantType]:
     """Return grant handlers for the token endpoint, each with a `grant_type`.
 
     A grant type another plugin (or the kernel) already handles stops startup.
-    Every grant runs through the kernel's client authentication, rate limits,
-    policy and audit before and after the handler.
+    The token endpoint finds the grant first, then authenticates the client with
+    only the methods in the grant's `TOKEN_ENDPOINT_AUTH_METHODS` (default: the
+    kernel's three; a name no plugin registered stops startup). A grant listing
+    `none` gets requests without client authentication, with `request.client`
+    None. Authenticated clients pass the failure and rate limits before the
+    handler's `issue(request: TokenRequest)`.
+    """
+
+
+@hookspec
+def register_token_exchange_handlers(idp: IdP) -> list[TokenExchangeHandler]:
+    """Return RFC 8693 token exchange handlers (`agentidp_server.TokenExchangeHandler`).
+
+    The kernel serves `urn:ietf:params:oauth:grant-type:token-exchange`, checks
+    the §2.1 parameters and answers §2.2.1 / §2.2.2; a handler is chosen by the
+    request's `subject_token_type` (its `subject_token_types`) and, for a
+    handler with an `issuer`, by the subject token's unverified `iss`. It lists
+    the `actor_token_types` and `issued_token_types` it accepts and implements
+    `async exchange(exchange: TokenExchange) -> ExchangedToken`. Two handlers
+    for the same (type, issuer) stop startup. With no handler the grant is
+    neither served nor advertised.
     """
 
 
@@ -187,7 +225,8 @@ def token_response(
 ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
     """Return extra fields for a successful token response (an OIDC `id_token`).
 
-    `context` holds `agent` (the authenticated client's agent), `grant_type`,
+    `context` holds `agent` (the authenticated client's agent; None for a
+    request without client authentication to a grant accepting "none"), `grant_type`,
     `params` (the request's parameters without credentials or presented
     tokens), `claims` (the issued access token's claims) and `access_token`
     (the issued access token, e.g. for an id_token's `at_hash`). The response's

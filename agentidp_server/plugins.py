@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from agentidp_server.health import HealthCheck
     from agentidp_server.idp import IdP
     from agentidp_server.migrations import MigrationSet
+    from agentidp_server.oauth.client_auth import ClientAuthMethod
+    from agentidp_server.oauth.rfc8693 import TokenExchangeHandler
     from agentidp_server.scopes import ScopeRegistry
 
 log = logging.getLogger("agentidp.plugins")
@@ -329,6 +331,44 @@ class Hooks:
             owners[migration_set.name] = plugin
             sets.append(migration_set)
         return sets
+
+    def client_auth_methods(self, idp: IdP) -> dict[str, ClientAuthMethod]:
+        methods: dict[str, ClientAuthMethod] = {}
+        owners: dict[str, str] = {}
+        for plugin, method in self._lists("register_client_auth_methods", idp=idp):
+            name = getattr(method, "name", None)
+            if not isinstance(name, str) or not name or name == "none":
+                raise PluginError(f"plugin {plugin!r}: a client auth method has no usable name")
+            if name in methods:
+                raise PluginError(
+                    f"plugin {plugin!r}: client auth method {name!r} is already registered "
+                    f"by {owners[name]!r}"
+                )
+            methods[name], owners[name] = method, plugin
+        return methods
+
+    def token_exchange_handlers(
+        self, idp: IdP
+    ) -> dict[tuple[str, str | None], TokenExchangeHandler]:
+        handlers: dict[tuple[str, str | None], TokenExchangeHandler] = {}
+        owners: dict[tuple[str, str | None], str] = {}
+        for plugin, handler in self._lists("register_token_exchange_handlers", idp=idp):
+            types = getattr(handler, "subject_token_types", None)
+            if isinstance(types, str) or not types:
+                raise PluginError(
+                    f"plugin {plugin!r}: a token exchange handler has no subject_token_types"
+                )
+            issuer = getattr(handler, "issuer", None)
+            for token_type in types:
+                key = (token_type, issuer)
+                if key in handlers:
+                    where = f" from {issuer}" if issuer else ""
+                    raise PluginError(
+                        f"plugin {plugin!r}: subject_token_type {token_type!r}{where} is "
+                        f"already handled by {owners[key]!r}"
+                    )
+                handlers[key], owners[key] = handler, plugin
+        return handlers
 
     def grant_types(self, idp: IdP) -> dict[str, GrantType]:
         grants: dict[str, GrantType] = {}

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentidp_hello import GRANT_TYPE, HelloGrant, state
+from agentidp_hello import AUTH_METHOD, GRANT_TYPE, HELLO_TOKEN_TYPE, HelloGrant, state
 
-from agentidp_server import hookimpl
+from agentidp_server import TOKEN_EXCHANGE, hookimpl
 from agentidp_server.app import build_idp, create_app
 from agentidp_server.plugins import REGISTERED_CLAIMS, RESPONSE_FIELDS, PluginError
 from agentidp_server.settings import SettingsError, load_settings
@@ -104,6 +104,37 @@ async def test_register_scopes(agentidp_client, agentidp_idp):
         await agentidp_client.get("/.well-known/oauth-authorization-server")
     ).get_json()
     assert {"agents:read", "hello:read", "hello:wave"} <= set(metadata["scopes_supported"])
+
+
+async def test_register_client_auth_methods(agentidp_client, agentidp_idp):
+    methods = agentidp_idp.state["core"]["client_auth_methods"]
+    assert list(methods) == [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+        AUTH_METHOD,
+    ]
+    org = await make_org(agentidp_idp)
+    own = (await token(agentidp_client, org["client_id"], org["client_secret"]))["access_token"]
+    response = await agentidp_client.post(
+        "/api/v1/token", form={"grant_type": GRANT_TYPE, AUTH_METHOD: own}
+    )
+    assert (await response.get_json())["client_id"] == org["client_id"]
+
+
+async def test_register_token_exchange_handlers(agentidp_client, agentidp_idp):
+    org = await make_org(agentidp_idp)
+    response = await agentidp_client.post(
+        "/api/v1/token",
+        form={
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": "hello:hooks",
+            "subject_token_type": HELLO_TOKEN_TYPE,
+        },
+        headers=basic(org["client_id"], org["client_secret"]),
+    )
+    assert response.status_code == 200, await response.get_json()
+    assert state(agentidp_idp)["exchanges"] == ["hello:hooks"]
 
 
 async def test_register_metrics(agentidp_client):

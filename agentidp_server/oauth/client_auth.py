@@ -11,9 +11,9 @@ import hmac
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 from urllib.parse import unquote_plus
 
 from joserfc import jwk, jwt
@@ -106,8 +106,25 @@ async def authenticate_limited(
     endpoint: str,
     mints: Callable[[Client], bool] | None = None,
 ) -> Client:
+    """`authenticate` under the failure limit, then the client's rate and tier limits,
+    with every registered method (introspection, revocation, an unknown grant)."""
+    client = await authenticate_for_grant(idp, params, endpoint, None, mints)
+    assert client is not None  # only a grant accepting "none" may have no client
+    return client
+
+
+async def authenticate_for_grant(
+    idp: IdP,
+    params: dict[str, str],
+    endpoint: str,
+    accepted: Collection[str] | None,
+    mints: Callable[[Client], bool] | None = None,
+) -> Client | None:
     """`authenticate` under the failure limit, then the client's rate and tier limits.
 
+    `accepted` is the grant's TOKEN_ENDPOINT_AUTH_METHODS (None: every registered
+    method). A request with no client authentication to a grant that accepts
+    "none" returns None, untouched by any limit: there is no client to count.
     The failure limit is checked with the outcome (one kv step either way): over
     it, the answer is 429 whether the secret was right or wrong. When `mints`
     says the authenticated client's request will be issued a token, that token
@@ -117,7 +134,20 @@ async def authenticate_limited(
     presented = presented_client_id(params)
     address = current.remote_addr or "-"
     try:
-        client = await authenticate(idp, params, endpoint)
+        method = _method_used(idp, params, current.header, accepted)
+        if method is None:
+            return None
+        if accepted is not None and method.name not in accepted:
+            # RFC 6749 §5.2: an unsupported authentication method is invalid_client.
+            raise OAuthError(
+                "invalid_client",
+                f"{method.name} is not accepted for this grant_type",
+                401,
+                {"WWW-Authenticate": 'Basic realm="agentidp"'}
+                if method.name == "client_secret_basic"
+                else {},
+            )
+        client = await method.authenticate(idp, params, endpoint)
     except OAuthError as error:
         if error.error == "invalid_client":
             await idp.quotas.failed_authentication(presented, address)
@@ -145,37 +175,109 @@ async def authenticate_limited(
 
 
 async def authenticate(idp: IdP, params: dict[str, str], endpoint: str) -> Client:
-    """Return the authenticated client or raise the single invalid_client answer."""
-    basic = _basic()
-    methods = [
-        name
-        for name, present in (
-            ("client_secret_basic", basic is not None),
-            ("client_secret_post", "client_secret" in params),
-            ("private_key_jwt", "client_assertion" in params or "client_assertion_type" in params),
-        )
-        if present
-    ]
-    if len(methods) > 1:
+    """Return the authenticated client (any registered method) or raise invalid_client."""
+    method = _method_used(idp, params, request_scope.require().header, None)
+    assert method is not None  # None only when "none" is accepted
+    return await method.authenticate(idp, params, endpoint)
+
+
+def methods_of(idp: IdP) -> Mapping[str, ClientAuthMethod]:
+    """The registered methods by name (app.py builds it at startup from the hook)."""
+    registered: Mapping[str, ClientAuthMethod] | None = idp.state.get("core", {}).get(
+        "client_auth_methods"
+    )
+    return registered if registered is not None else KERNEL_METHODS
+
+
+def _method_used(
+    idp: IdP,
+    params: Mapping[str, str],
+    header: Callable[[str], str],
+    accepted: Collection[str] | None,
+) -> ClientAuthMethod | None:
+    """The one method the request uses; None when it uses none and "none" is accepted."""
+    used = [method for method in methods_of(idp).values() if method.presented(params, header)]
+    if len(used) > 1:
         # RFC 6749 §2.3: a client MUST NOT use more than one method per request.
         raise OAuthError("invalid_request", "use exactly one client authentication method")
-    if not methods:
-        raise OAuthError(
-            "invalid_client",
-            "client authentication is required",
-            401,
-            {"WWW-Authenticate": 'Basic realm="agentidp"'},
-        )
-    if basic is not None:
+    if used:
+        return used[0]
+    if accepted is not None and NONE in accepted:
+        return None  # a public client (RFC 6749 §2.1) or RFC 7523 §2.1's optional authentication
+    raise OAuthError(
+        "invalid_client",
+        "client authentication is required",
+        401,
+        {"WWW-Authenticate": 'Basic realm="agentidp"'},
+    )
+
+
+class ClientAuthMethod(Protocol):
+    """A client authentication method (`register_client_auth_methods`), named as in
+    the IANA "OAuth Token Endpoint Authentication Methods" registry where it is one."""
+
+    name: str
+
+    @property
+    def secret_params(self) -> Collection[str]:
+        """Request parameters that carry the credential: never handed to plugins' hooks."""
+        ...
+
+    def presented(self, params: Mapping[str, str], header: Callable[[str], str]) -> bool:
+        """Whether the request uses this method (no I/O); `header(name)` reads a header."""
+        ...
+
+    async def authenticate(self, idp: IdP, params: dict[str, str], endpoint: str) -> Client:
+        """The authenticated client, or raise OAuthError invalid_client (401)."""
+        ...
+
+
+class ClientSecretBasic:
+    name = "client_secret_basic"
+    secret_params: tuple[str, ...] = ()  # the secret travels in the Authorization header
+
+    def presented(self, params: Mapping[str, str], header: Callable[[str], str]) -> bool:
+        return _basic() is not None  # a malformed Basic header is refused here, as before
+
+    async def authenticate(self, idp: IdP, params: dict[str, str], endpoint: str) -> Client:
+        basic = _basic()
+        assert basic is not None  # presented() said so
         client_id, secret = basic
         if params.get("client_id") not in (None, client_id):
             raise OAuthError("invalid_request", "client_id does not match the Authorization header")
-        return await _by_secret(idp, client_id, secret, "client_secret_basic", used_basic=True)
-    if methods[0] == "client_secret_post":
+        return await _by_secret(idp, client_id, secret, self.name, used_basic=True)
+
+
+class ClientSecretPost:
+    name = "client_secret_post"
+    secret_params = ("client_secret",)
+
+    def presented(self, params: Mapping[str, str], header: Callable[[str], str]) -> bool:
+        return "client_secret" in params
+
+    async def authenticate(self, idp: IdP, params: dict[str, str], endpoint: str) -> Client:
         return await _by_secret(
-            idp, params.get("client_id", ""), params["client_secret"], "client_secret_post", False
+            idp, params.get("client_id", ""), params["client_secret"], self.name, False
         )
-    return await _by_assertion(idp, params, endpoint)
+
+
+class PrivateKeyJwt:
+    name = "private_key_jwt"
+    secret_params = ("client_assertion",)
+
+    def presented(self, params: Mapping[str, str], header: Callable[[str], str]) -> bool:
+        return "client_assertion" in params or "client_assertion_type" in params
+
+    async def authenticate(self, idp: IdP, params: dict[str, str], endpoint: str) -> Client:
+        return await _by_assertion(idp, params, endpoint)
+
+
+# RFC 8414 §2 / OIDC Core §9: a client that does not authenticate at the token endpoint.
+NONE = "none"
+KERNEL_METHODS: Mapping[str, ClientAuthMethod] = {
+    m.name: m for m in (ClientSecretBasic(), ClientSecretPost(), PrivateKeyJwt())
+}
+DEFAULT_METHODS = tuple(KERNEL_METHODS)
 
 
 async def _by_secret(

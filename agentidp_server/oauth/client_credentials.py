@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agentidp_server.ids import SCOPE_TOKEN
+from agentidp_server.oauth.client_auth import DEFAULT_METHODS
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.token_request import TokenRequest
 
@@ -41,11 +42,14 @@ def resource_audience(raw: str | None, default: str) -> str:
 
 class ClientCredentialsGrant:
     grant_type = "client_credentials"
+    # RFC 6749 §4.4: only a confidential client may use this grant.
+    TOKEN_ENDPOINT_AUTH_METHODS = DEFAULT_METHODS
 
     def check(self, request: TokenRequest) -> tuple[list[str], str]:
         """Every refusal of this grant (no I/O): the scopes and audience to issue."""
+        client = request.authenticated_client
         # An admin also holds every enabled plugin's admin scopes (collected once per app).
-        allowed = request.idp.hooks.scopes(request.idp).allowed(request.client.agent)
+        allowed = request.idp.hooks.scopes(request.idp).allowed(client.agent)
         scopes = requested_scopes(request.params.get("scope"), allowed)
         audience = resource_audience(
             request.params.get("resource"), request.idp.tokens.default_audience()
@@ -53,7 +57,7 @@ class ClientCredentialsGrant:
         return scopes, audience
 
     async def issue(self, request: TokenRequest) -> dict[str, Any]:
-        client = request.client
+        client = request.authenticated_client
         scopes, audience = self.check(request)
         token, claims = await request.idp.tokens.mint(
             agent=client.agent,

@@ -18,13 +18,16 @@ from agentidp_server.api.models import (
     TokenResponse,
 )
 from agentidp_server.audit import Actor
-from agentidp_server.grants import mints_without_io
+from agentidp_server.grants import auth_methods, mints_without_io
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import (
     ASSERTION_ALGORITHMS,
+    NONE,
     TOKEN_ENDPOINT_PATH,
     Client,
+    authenticate_for_grant,
     authenticate_limited,
+    methods_of,
 )
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.params import read_params
@@ -42,7 +45,16 @@ JWKS_PATH = "/.well-known/jwks.json"
 PRESENTED_SECRETS = frozenset(
     {"client_secret", "client_assertion", "subject_token", "actor_token", "token"}
 )
-AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+def presented_secrets(idp: IdP) -> frozenset[str]:
+    """PRESENTED_SECRETS and every registered client auth method's `secret_params`."""
+    names: frozenset[str] | None = idp.state["core"].get("presented_secrets")
+    if names is None:
+        extra = (getattr(m, "secret_params", ()) for m in methods_of(idp).values())
+        names = PRESENTED_SECRETS.union(*extra)
+        idp.state["core"]["presented_secrets"] = names
+    return names
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -81,11 +93,19 @@ async def token() -> Response:
 async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
     """The token endpoint's work, for the Quart view and the ASGI fast path alike."""
     grant_type = params.get("grant_type")
-    grant = idp.state["core"]["grant_types"].get(grant_type) if grant_type else None
-    client = await authenticate_limited(
+    core = idp.state["core"]
+    grant = core["grant_types"].get(grant_type) if grant_type else None
+    # The grant first, then only the methods it accepts (Authlib's order); an unknown
+    # grant_type still authenticates with every method, so it is limited as before.
+    accepted = None
+    if grant is not None:
+        # Read at startup; a grant added to the table later (tests do) declares its own.
+        accepted = core["grant_auth_methods"].get(grant_type) or auth_methods(grant)
+    client = await authenticate_for_grant(
         idp,
         params,
         idp.issuer + TOKEN_PATH,
+        accepted,
         # A grant whose refusals need no I/O has its token counted with the request.
         lambda client: mints_without_io(grant, TokenRequest(idp, client, params)),
     )
@@ -93,17 +113,19 @@ async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
         raise OAuthError("invalid_request", "grant_type is required")
     if grant is None:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type} is not supported")
+    unauthenticated = params.get("client_id") if client is None else None
     try:
-        body: dict[str, Any] = await grant.issue(TokenRequest(idp, client, params))
+        body: dict[str, Any] = await grant.issue(TokenRequest(idp, client, params, unauthenticated))
     except Exception:
         # A grant may refuse after its no-I/O check passed: no token, so none counted.
-        await idp.quotas.refund_prepaid(client.client_id, client.org_id)
+        if client is not None:
+            await idp.quotas.refund_prepaid(client.client_id, client.org_id)
         raise
     if "access_token" in body and idp.hooks.implemented("token_response"):
         context = {
-            "agent": client.agent,
+            "agent": client.agent if client is not None else None,
             "grant_type": grant_type,
-            "params": {k: v for k, v in params.items() if k not in PRESENTED_SECRETS},
+            "params": {k: v for k, v in params.items() if k not in presented_secrets(idp)},
             # We just signed it: its payload needs decoding, not verifying.
             "claims": access_token_claims(body["access_token"]),
             # The issued token itself: an OIDC id_token's at_hash hashes it (OIDC Core §3.1.3.6).
@@ -168,7 +190,12 @@ async def revoke() -> Response:
 async def metadata(idp: IdP) -> dict[str, Any]:
     """RFC 8414 §2 metadata; plugins add fields through the discovery_metadata hook."""
     base = idp.issuer
-    grants = sorted(idp.state["core"]["grant_types"])
+    core = idp.state["core"]
+    grants = sorted(core["grant_types"])
+    registered = list(methods_of(idp))
+    # RFC 8414 §2: "none" is listed when a served grant accepts it.
+    by_grant = core.get("grant_auth_methods", {}).values()
+    token_methods = registered + ([NONE] if any(NONE in m for m in by_grant) else [])
     fields: dict[str, Any] = {
         "issuer": base,
         "token_endpoint": base + TOKEN_PATH,
@@ -178,11 +205,11 @@ async def metadata(idp: IdP) -> dict[str, Any]:
         "grant_types_supported": grants,
         # No authorization endpoint: agents use grants that need no browser.
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_methods_supported": token_methods,
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": registered,
         "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": registered,
         "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "scopes_supported": idp.hooks.scopes(idp).supported,
         "access_token_signing_alg_values_supported": sorted({k.alg for k in idp.keys.published()}),

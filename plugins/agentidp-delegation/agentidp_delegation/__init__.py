@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from quart import Blueprint
 
 from agentidp_delegation import chains
-from agentidp_delegation.rfc8693 import TOKEN_EXCHANGE, TokenExchangeGrant
+from agentidp_delegation.rfc8693 import DelegationExchange
 from agentidp_delegation.routes import blueprint
 from agentidp_delegation.state import NAME, state
 
@@ -58,8 +58,9 @@ def register_migrations(idp: IdP) -> list[MigrationSet]:
 
 
 @hookimpl
-def register_grant_types(idp: IdP) -> list[TokenExchangeGrant]:
-    return [TokenExchangeGrant()]
+def register_token_exchange_handlers(idp: IdP) -> list[DelegationExchange]:
+    # The kernel serves and advertises RFC 8693 token exchange; we decide for our tokens.
+    return [DelegationExchange()]
 
 
 @hookimpl
@@ -76,8 +77,3 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
 @hookimpl
 async def token_status(idp: IdP, claims: Mapping[str, Any]) -> str | None:
     return await chains.status(idp, claims)
-
-
-@hookimpl
-def discovery_metadata(idp: IdP) -> Mapping[str, Any]:
-    return {"grant_types_supported": [TOKEN_EXCHANGE]}

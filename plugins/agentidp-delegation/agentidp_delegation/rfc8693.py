@@ -8,90 +8,37 @@ active delegation grant from the current holder of the subject's authority to B.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agentidp_server import IdP, InvalidToken, OAuthError, TokenRequest, resource_uri
+from agentidp_server import (
+    ACCESS_TOKEN_TYPE,
+    JWT_TOKEN_TYPE,
+    TOKEN_EXCHANGE,
+    ExchangedToken,
+    IdP,
+    InvalidToken,
+    OAuthError,
+    TokenExchange,
+)
 
 from agentidp_delegation import chains, store
 from agentidp_delegation.state import count_chain
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
-JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN
 # Our access tokens are JWTs, so both identifiers name what we accept and issue (§3).
 TOKEN_TYPES = (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE)
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 # may_act members we can evaluate (§4.4); any other member fails closed.
 MAY_ACT_MEMBERS = frozenset({"sub", "client_id", "org_id", "iss"})
 
 
-@dataclass(frozen=True)
-class Exchange:
-    """The RFC 8693 §2.1 parameters of one request, checked for shape."""
-
-    subject_token: str
-    actor_token: str | None
-    scope: list[str] | None
-    targets: list[str]
-    delegation_id: str | None
-
-
-def _param(params: Mapping[str, str], name: str) -> str | None:
-    value = params.get(name)
+def _delegation_id(params: Mapping[str, str]) -> str | None:
+    """The one parameter of ours beside RFC 8693 §2.1's: which grant to use."""
+    value = params.get("delegation_id")
     if value is not None and not value.strip():
-        raise OAuthError("invalid_request", f"{name} must not be empty")
+        raise OAuthError("invalid_request", "delegation_id must not be empty")
     return value
-
-
-def _token_type(params: Mapping[str, str], name: str) -> None:
-    value = params.get(name)
-    if value not in TOKEN_TYPES:
-        raise OAuthError(
-            "invalid_request", f"{name} must be {ACCESS_TOKEN_TYPE} (or {JWT_TOKEN_TYPE})"
-        )
-
-
-def parse(params: Mapping[str, str]) -> Exchange:
-    """RFC 8693 §2.1: malformed parameters are `invalid_request` (§2.2.2)."""
-    subject_token = _param(params, "subject_token")
-    if subject_token is None:
-        raise OAuthError("invalid_request", "subject_token is required")
-    if "subject_token_type" not in params:
-        raise OAuthError("invalid_request", "subject_token_type is required")
-    _token_type(params, "subject_token_type")
-    actor_token = _param(params, "actor_token")
-    # §2.1: actor_token_type is required with actor_token and must not appear without it.
-    if actor_token is not None:
-        _token_type(params, "actor_token_type")
-    elif "actor_token_type" in params:
-        raise OAuthError("invalid_request", "actor_token_type is given without actor_token")
-    if "requested_token_type" in params:
-        _token_type(params, "requested_token_type")
-    raw_scope = params.get("scope")
-    scope: list[str] | None = None
-    if raw_scope is not None:
-        scope = raw_scope.split(" ")
-        if not raw_scope or any(not SCOPE_TOKEN.match(s) for s in scope):
-            raise OAuthError("invalid_scope", "scope must be space-separated scope tokens")
-    targets: list[str] = []
-    audience = _param(params, "audience")
-    if audience is not None:
-        targets.append(audience)
-    resource = params.get("resource")
-    if resource is not None:
-        targets.append(resource_uri(resource))  # §2.1 / RFC 8707 §2
-    return Exchange(
-        subject_token=subject_token,
-        actor_token=actor_token,
-        scope=scope,
-        targets=list(dict.fromkeys(targets)),
-        delegation_id=_param(params, "delegation_id"),
-    )
 
 
 async def _verified(idp: IdP, token: str, name: str, org_id: str) -> dict[str, Any]:
@@ -137,7 +84,7 @@ class Narrowed:
 
 
 def narrow(
-    exchange: Exchange,
+    exchange: TokenExchange,
     subject: Mapping[str, Any],
     grant: Mapping[str, Any],
     delegator_scopes: list[str],
@@ -174,14 +121,17 @@ def narrow(
     return Narrowed(scopes, chosen[0] if len(chosen) == 1 else chosen)
 
 
-class TokenExchangeGrant:
-    """`grant_type=urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693 §2)."""
+class DelegationExchange:
+    """The RFC 8693 handler for our own access tokens: the kernel checked §2.1's shape."""
 
-    grant_type = TOKEN_EXCHANGE
+    subject_token_types = TOKEN_TYPES
+    actor_token_types = TOKEN_TYPES
+    issued_token_types = TOKEN_TYPES
+    issuer: str | None = None
 
-    async def issue(self, request: TokenRequest) -> dict[str, Any]:
-        idp, client = request.idp, request.client
-        exchange = parse(request.params)
+    async def exchange(self, exchange: TokenExchange) -> ExchangedToken:
+        idp, client = exchange.idp, exchange.client
+        chosen_id = _delegation_id(exchange.params)
         actor = client.agent
         actor_id = str(actor["agent_id"])
         subject = await _verified(idp, exchange.subject_token, "subject_token", client.org_id)
@@ -221,8 +171,8 @@ class TokenExchangeGrant:
         candidates = await store.live_grants_between(
             idp.db, client.org_id, holder, actor_id, store.now_ms()
         )
-        if exchange.delegation_id is not None:
-            candidates = [g for g in candidates if g["delegation_id"] == exchange.delegation_id]
+        if chosen_id is not None:
+            candidates = [g for g in candidates if g["delegation_id"] == chosen_id]
         if not candidates:
             raise OAuthError(
                 "invalid_grant", "no active delegation grant lets this client act for the subject"
@@ -263,18 +213,16 @@ class TokenExchangeGrant:
         async with idp.db.transaction() as conn:
             await store.record_chain(conn, client.org_id, str(subject["sub"]), links)
         count_chain(idp)
-        # §2.2.1: the response names what it issued.
-        return {
-            "access_token": token,
-            "issued_token_type": ACCESS_TOKEN_TYPE,
-            "token_type": "Bearer",
-            "expires_in": claims["exp"] - claims["iat"],
-            "scope": claims["scope"],
-        }
+        return ExchangedToken(
+            access_token=token,
+            issued_token_type=ACCESS_TOKEN_TYPE,
+            expires_in=claims["exp"] - claims["iat"],
+            scope=claims["scope"],
+        )
 
 
 def _first_fitting(
-    exchange: Exchange,
+    exchange: TokenExchange,
     subject: Mapping[str, Any],
     candidates: list[dict[str, Any]],
     delegator_scopes: list[str],

@@ -86,20 +86,6 @@ async def embedded_client(tmp_path: Any) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def pg_proxy(agentidp_services: Services) -> AsyncIterator[FaultProxy]:
-    _require(agentidp_services)
-    async with FaultProxy.for_url(agentidp_services.database_url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-async def redis_proxy(agentidp_services: Services) -> AsyncIterator[FaultProxy]:
-    _require(agentidp_services)
-    async with FaultProxy.for_url(agentidp_services.redis_url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
 async def db_through_proxy(
     tmp_path: Any, agentidp_services: Services, pg_proxy: FaultProxy
 ) -> AsyncIterator[Any]:

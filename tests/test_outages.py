@@ -27,13 +27,6 @@ INTROSPECT = "/api/v1/token/introspect"
 REVOKE = "/api/v1/token/revoke"
 
 
-@pytest.fixture
-async def pg_proxy(agentidp_services: Services) -> AsyncIterator[FaultProxy]:
-    _require(agentidp_services)
-    async with FaultProxy.for_url(agentidp_services.database_url) as proxy:
-        yield proxy
-
-
 # --- PostgreSQL blackhole ----------------------------------------------------------
 
 
@@ -129,13 +122,6 @@ async def test_request_during_db_blackhole_is_503_in_the_api_shape(
 
 
 # --- Redis cut: a revocation made during the outage holds ----------------------------
-
-
-@pytest.fixture
-async def redis_proxy(agentidp_services: Services) -> AsyncIterator[FaultProxy]:
-    _require(agentidp_services)
-    async with FaultProxy.for_url(agentidp_services.redis_url) as proxy:
-        yield proxy
 
 
 @pytest.fixture

@@ -102,30 +102,26 @@ def document_errors(*statuses: int, shape: ErrorShape = "api") -> Callable[[F], 
     return decorate
 
 
+def _documented(status: int, entry: tuple[Any, Any, str]) -> Callable[[F], F]:
+    def decorate(view: F) -> F:
+        table = dict(getattr(view, RESPONSES_ATTRIBUTE, {}))
+        table[status] = entry
+        setattr(view, RESPONSES_ATTRIBUTE, table)
+        return view
+
+    return decorate
+
+
 def document_raw_response(
     status: int, content_type: str, schema: dict[str, Any], description: str
 ) -> Callable[[F], F]:
     """Document a response that is not application/json (DID documents, metrics text)."""
-
-    def decorate(view: F) -> F:
-        table = dict(getattr(view, RESPONSES_ATTRIBUTE, {}))
-        table[status] = (content_type, schema, description)
-        setattr(view, RESPONSES_ATTRIBUTE, table)
-        return view
-
-    return decorate
+    return _documented(status, (content_type, schema, description))
 
 
 def document_empty(status: int, description: str) -> Callable[[F], F]:
     """Document a response with no body (204)."""
-
-    def decorate(view: F) -> F:
-        table = dict(getattr(view, RESPONSES_ATTRIBUTE, {}))
-        table[status] = (None, None, description)
-        setattr(view, RESPONSES_ATTRIBUTE, table)
-        return view
-
-    return decorate
+    return _documented(status, (None, None, description))
 
 
 def _error_response(status: int, shape: str) -> dict[str, Any]:

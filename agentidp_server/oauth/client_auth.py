@@ -107,8 +107,10 @@ async def authenticate_limited(
     mints: Callable[[Client], bool] | None = None,
 ) -> Client:
     """`authenticate` under the failure limit, then the client's rate and tier limits,
-    with every registered method (introspection, revocation, an unknown grant)."""
-    client = await authenticate_for_grant(idp, params, endpoint, None, mints)
+    with the kernel's methods only (introspection, revocation): a plugin's method is
+    accepted only where a grant names it, or a credential weaker than a client's own
+    (e.g. an access token) would authenticate it at revocation."""
+    client = await authenticate_for_grant(idp, params, endpoint, DEFAULT_METHODS, mints)
     assert client is not None  # only a grant accepting "none" may have no client
     return client
 
@@ -141,7 +143,7 @@ async def authenticate_for_grant(
             # RFC 6749 §5.2: an unsupported authentication method is invalid_client.
             raise OAuthError(
                 "invalid_client",
-                f"{method.name} is not accepted for this grant_type",
+                f"{method.name} is not accepted here",
                 401,
                 {"WWW-Authenticate": 'Basic realm="agentidp"'}
                 if method.name == "client_secret_basic"

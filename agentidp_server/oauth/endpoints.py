@@ -4,6 +4,7 @@ metadata (RFC 8414) and JWKS endpoints."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from quart import Blueprint, Response
@@ -22,6 +23,7 @@ from agentidp_server.grants import auth_methods, mints_without_io
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import (
     ASSERTION_ALGORITHMS,
+    DEFAULT_METHODS,
     NONE,
     TOKEN_ENDPOINT_PATH,
     Client,
@@ -96,8 +98,8 @@ async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
     core = idp.state["core"]
     grant = core["grant_types"].get(grant_type) if grant_type else None
     # The grant first, then only the methods it accepts (Authlib's order); an unknown
-    # grant_type still authenticates with every method, so it is limited as before.
-    accepted = None
+    # grant_type still authenticates (the kernel's methods), so it is limited as before.
+    accepted: Collection[str] = DEFAULT_METHODS
     if grant is not None:
         # Read at startup; a grant added to the table later (tests do) declares its own.
         accepted = core["grant_auth_methods"].get(grant_type) or auth_methods(grant)
@@ -207,9 +209,9 @@ async def metadata(idp: IdP) -> dict[str, Any]:
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": token_methods,
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "introspection_endpoint_auth_methods_supported": registered,
+        "introspection_endpoint_auth_methods_supported": list(DEFAULT_METHODS),
         "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "revocation_endpoint_auth_methods_supported": registered,
+        "revocation_endpoint_auth_methods_supported": list(DEFAULT_METHODS),
         "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "scopes_supported": idp.hooks.scopes(idp).supported,
         "access_token_signing_alg_values_supported": sorted({k.alg for k in idp.keys.published()}),

@@ -269,3 +269,43 @@ async def test_malformed_json_is_a_400_in_the_api_error_shape(
     assert message.startswith("request body is not valid JSON: "), message
     listed = await agentidp_client.get("/api/v1/agents", headers=headers)
     assert json.loads(await listed.get_data())["data"] == []  # nothing was created
+
+
+def _nested_jws(deep_part: int) -> str:
+    """A compact JWS whose header (0) or payload (1) is JSON nested 5,000 deep."""
+    nested = base64.urlsafe_b64encode(b"[" * 5_000 + b"]" * 5_000).rstrip(b"=").decode()
+    plain = base64.urlsafe_b64encode(b'{"alg":"ES256"}').rstrip(b"=").decode()
+    parts = [plain, plain, "c2ln"]
+    parts[deep_part] = nested
+    return ".".join(parts)
+
+
+@pytest.mark.parametrize("deep_part", [0, 1])
+async def test_jws_segments_nested_too_deep_are_refused_not_500(
+    agentidp_client: Any, agentidp_idp: Any, deep_part: int
+) -> None:
+    org = await make_org(agentidp_idp)
+    assertion = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": _nested_jws(deep_part),
+    }
+    for path in (TOKEN, TOKEN + "/introspect", TOKEN + "/revoke"):
+        response = await agentidp_client.post(path, form={**assertion, "token": "x"})
+        assert response.status_code == 401, (path, await response.get_data())
+    # The presented token itself (introspection reads its header; exchange its payload).
+    good = basic(org["client_id"], org["client_secret"])
+    response = await agentidp_client.post(
+        TOKEN + "/introspect", form={"token": _nested_jws(deep_part)}, headers=good
+    )
+    assert (response.status_code, (await response.get_json())["active"]) == (200, False)
+    response = await agentidp_client.post(
+        TOKEN,
+        form={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": _nested_jws(deep_part),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        },
+        headers=good,
+    )
+    assert response.status_code == 400, await response.get_data()

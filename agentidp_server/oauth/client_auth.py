@@ -26,6 +26,7 @@ from agentidp_server.idp import IdP
 from agentidp_server.ids import hash_secret
 from agentidp_server.oauth.client_lookup import ClientLookup
 from agentidp_server.oauth.errors import OAuthError, invalid_client
+from agentidp_server.oauth.jws_parts import unverified_part
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS256", "ES256", "EdDSA")
@@ -88,12 +89,8 @@ def presented_client_id(params: dict[str, str]) -> str:
     if basic is not None:
         return basic[0]
     if "client_assertion" in params:
-        parts = params["client_assertion"].split(".")
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        except (ValueError, IndexError):
-            claims = {}
-        iss = claims.get("iss") if isinstance(claims, dict) else None
+        claims = unverified_part(params["client_assertion"], 1) or {}
+        iss = claims.get("iss")
         # An unverified claim: one that no client id of ours could be never reaches SQL.
         if isinstance(iss, str) and not hostile(iss):
             return iss
@@ -313,32 +310,18 @@ def _match(presented: str, candidates: list[dict[str, Any]]) -> str | None:
     return matched
 
 
-def _header(token: str) -> dict[str, Any]:
-    try:
-        segment = token.split(".")[0]
-        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, IndexError):
-        return {}
-    return header if isinstance(header, dict) else {}
-
-
 async def _by_assertion(idp: IdP, params: dict[str, str], endpoint: str) -> Client:
     if params.get("client_assertion_type") != JWT_BEARER:
         raise OAuthError("invalid_request", f"client_assertion_type must be {JWT_BEARER}")
     assertion = params.get("client_assertion", "")
-    header = _header(assertion)
+    header = unverified_part(assertion, 0) or {}
     alg = header.get("alg")
     if alg not in ASSERTION_ALGORITHMS:
         raise invalid_client(False)
-    try:
-        unverified = json.loads(
-            base64.urlsafe_b64decode(
-                assertion.split(".")[1] + "=" * (-len(assertion.split(".")[1]) % 4)
-            )
-        )
-    except (ValueError, IndexError):
-        raise invalid_client(False) from None
-    client_id = unverified.get("iss") if isinstance(unverified, dict) else None
+    unverified = unverified_part(assertion, 1)
+    if unverified is None:
+        raise invalid_client(False)
+    client_id = unverified.get("iss")
     if not isinstance(client_id, str) or params.get("client_id") not in (None, client_id):
         raise invalid_client(False)
     agent = await agents.get_by_client_id(idp.db, client_id)
@@ -353,7 +336,7 @@ async def _by_assertion(idp: IdP, params: dict[str, str], endpoint: str) -> Clie
         try:
             key = jwk.import_key(json.loads(candidate["jwk"]))
             token = jwt.decode(assertion, key, algorithms=[alg])
-        except (JoseError, ValueError):
+        except (JoseError, ValueError, RecursionError):  # a signed payload nested too deep
             continue
         claims, matched = dict(token.claims), candidate["credential_id"]
         break

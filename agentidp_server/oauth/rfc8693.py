@@ -4,8 +4,6 @@ answer; plugins' handlers, chosen by `subject_token_type` (and issuer), decide a
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agentidp_server.oauth.client_auth import DEFAULT_METHODS
 from agentidp_server.oauth.client_credentials import resource_uri
 from agentidp_server.oauth.errors import OAuthError
+from agentidp_server.oauth.jws_parts import unverified_part
 from agentidp_server.oauth.token_request import TokenRequest
 
 if TYPE_CHECKING:
@@ -94,14 +93,7 @@ def _one_of(params: Mapping[str, str], name: str, allowed: Sequence[str]) -> str
 
 def unverified_issuer(token: str) -> str | None:
     """A JWT's `iss` before any check: it only chooses which handler verifies it."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return None
-    iss = claims.get("iss") if isinstance(claims, dict) else None
+    iss = (unverified_part(token, 1) or {}).get("iss")
     return iss if isinstance(iss, str) else None
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -19,6 +17,7 @@ from agentidp_server import request_scope
 from agentidp_server.audit import Actor
 from agentidp_server.idp import IdP
 from agentidp_server.ids import new_id, now_ms
+from agentidp_server.oauth.jws_parts import unverified_part
 from agentidp_server.storage.errors import Conflict, StorageUnavailable
 
 log = logging.getLogger("agentidp.tokens")
@@ -37,11 +36,6 @@ class InvalidToken(Exception):
     """The token cannot be accepted; the message is safe to show."""
 
 
-def _segment(part: str) -> Any:
-    """One base64url JSON segment of a compact JWS (decoded, not verified)."""
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-
-
 def issued_at_ms(claims: Mapping[str, Any]) -> int:
     """When a token was issued, in unix ms, to compare with `tokens_valid_after`.
 
@@ -58,7 +52,9 @@ def issued_at_ms(claims: Mapping[str, Any]) -> int:
 
 def access_token_claims(token: str) -> dict[str, Any]:
     """The payload of a token this server has just minted (no verification)."""
-    claims: dict[str, Any] = _segment(token.split(".")[1])
+    claims = unverified_part(token, 1)
+    if claims is None:
+        raise InvalidToken("Token is malformed")
     return claims
 
 
@@ -142,14 +138,8 @@ class TokenService:
 
     def verify_signature(self, token: str) -> dict[str, Any]:
         """Signature, `typ`, `iss` and `exp`; InvalidToken says which failed."""
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise InvalidToken("Token is malformed")
-        try:
-            header = _segment(parts[0])
-        except ValueError:
-            raise InvalidToken("Token is malformed") from None
-        if not isinstance(header, dict):
+        header = unverified_part(token, 0)
+        if header is None:
             raise InvalidToken("Token is malformed")
         key = self.idp.keys.verification_key(str(header.get("kid", "")))
         # The key fixes the algorithm: `none`, HS256-with-the-public-key and

@@ -1,7 +1,7 @@
 """AgentIdP kernel. Plugins import only what this module exports."""
 
 from agentidp_server.api.auth import principal, principal_actor, principal_org, require_scope
-from agentidp_server.audit import Actor
+from agentidp_server.audit import Actor, AuditAction, UndeclaredAuditAction
 from agentidp_server.background import BackgroundTask
 from agentidp_server.grants import GrantType
 from agentidp_server.health import HealthCheck
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Actor",
     "ApiError",
+    "AuditAction",
     "BackgroundTask",
     "GrantType",
     "HealthCheck",
@@ -30,6 +31,7 @@ __all__ = [
     "OAuthError",
     "Setting",
     "TokenRequest",
+    "UndeclaredAuditAction",
     "__version__",
     "current_idp",
     "document_empty",

@@ -21,6 +21,7 @@ from agentidp_server.migrations import MigrationSet
 from agentidp_server.settings import KERNEL_SETTINGS, Setting
 
 if TYPE_CHECKING:
+    from agentidp_server.audit import AuditAction
     from agentidp_server.grants import GrantType
     from agentidp_server.idp import IdP
 
@@ -56,6 +57,13 @@ def register_blueprints(idp: IdP) -> list[Blueprint]:
         operator.blueprint,
         audit.blueprint,
     ]
+
+
+@hookimpl
+def register_audit_actions(idp: IdP) -> list[AuditAction]:
+    from agentidp_server.audit import KERNEL_ACTIONS
+
+    return list(KERNEL_ACTIONS)
 
 
 @hookimpl
@@ -108,6 +116,20 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         registry=registry,
         # Only the process holding the audit-integrity lease checks and sets it.
         multiprocess_mode="mostrecent",
+    )
+    # Set by the process holding each consumer's lease (audit_dispatch).
+    state["audit_consumer_lag"] = Gauge(
+        "agentidp_audit_consumer_lag",
+        "Audit events committed but not yet accepted by a plugin consuming them",
+        ["consumer"],
+        registry=registry,
+        multiprocess_mode="mostrecent",
+    )
+    state["audit_consumer_failures"] = Counter(
+        "agentidp_audit_consumer_failures_total",
+        "Failed or timed-out deliveries of an audit event to a plugin (each is retried)",
+        ["consumer"],
+        registry=registry,
     )
     state["credentials_expiring"] = Gauge(
         "agentidp_credentials_expiring_soon_total",

@@ -301,6 +301,16 @@ class AuditDispatcher:
             with suppress(TimeoutError):
                 await asyncio.wait_for(consumer.wake.wait(), self._next_wait(consumer))
 
+    async def _run_kernel_cursor(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._skip_to_heads()
+            except StorageUnavailable:
+                log.warning("audit dispatch paused: storage unavailable")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
     async def run_forever(self) -> None:
         """A task per consumer, so a slow or failing one does not hold the others up."""
         consumers = self.consumers()
@@ -308,15 +318,11 @@ class AuditDispatcher:
             with suppress(StorageUnavailable):
                 await self._register(consumer)
         tasks = [asyncio.create_task(self._run_consumer(c)) for c in consumers]
+        tasks.append(asyncio.create_task(self._run_kernel_cursor()))
         try:
-            while True:
-                self._wake.clear()
-                try:
-                    await self._skip_to_heads()
-                except StorageUnavailable:
-                    log.warning("audit dispatch paused: storage unavailable")
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # re-raised: the background supervisor restarts us with backoff
         finally:
             for task in tasks:
                 task.cancel()

@@ -430,12 +430,3 @@ class Hooks:
         argnames); the dispatcher gives each its cursor, lease and retries."""
         caller = self.pm.hook.audit_event
         return [(i.plugin_name, i.function, list(i.argnames)) for i in caller.get_hookimpls()]
-
-    async def audit_event(self, idp: IdP, event: Mapping[str, Any]) -> None:
-        for plugin, function, argnames in self._impls("audit_event"):
-            kwargs = {"idp": idp, "event": event}
-            try:
-                await await_me_maybe(function(**{n: kwargs[n] for n in argnames}))
-            except Exception:
-                # One plugin's failure must not stop delivery to the others.
-                log.exception("plugin %s failed handling audit event %s", plugin, event.get("seq"))

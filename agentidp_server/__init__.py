@@ -1,7 +1,7 @@
 """AgentIdP kernel. Plugins import only what this module exports."""
 
 from agentidp_server.api.auth import principal, principal_actor, principal_org, require_scope
-from agentidp_server.audit import Actor
+from agentidp_server.audit import Actor, AuditAction, UndeclaredAuditAction
 from agentidp_server.background import BackgroundTask
 from agentidp_server.cli import load_idp, open_idp
 from agentidp_server.grants import GrantType
@@ -35,6 +35,7 @@ __all__ = [
     "TOKEN_EXCHANGE",
     "Actor",
     "ApiError",
+    "AuditAction",
     "BackgroundTask",
     "Client",
     "ClientAuthMethod",
@@ -50,6 +51,7 @@ __all__ = [
     "TokenExchange",
     "TokenExchangeHandler",
     "TokenRequest",
+    "UndeclaredAuditAction",
     "__version__",
     "current_idp",
     "document_empty",

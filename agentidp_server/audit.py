@@ -74,6 +74,38 @@ def _clean(details: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class AuditAction:
+    """An audit action a plugin (or the kernel) records, declared through
+    `register_audit_actions`."""
+
+    name: str
+    description: str
+
+
+class UndeclaredAuditAction(ValueError):
+    """An action no plugin declared, recorded while AUDIT_STRICT_ACTIONS is on."""
+
+
+# What the kernel records (declared through the same hook as a plugin's; core.py).
+KERNEL_ACTIONS = (
+    AuditAction("organization.created", "An organisation was created (CLI)"),
+    AuditAction("tier.changed", "An organisation's tier changed (operator API)"),
+    AuditAction("agent.created", "An agent was registered"),
+    AuditAction("agent.changed", "An agent's fields changed, or it was reactivated"),
+    AuditAction("agent.suspended", "An agent was suspended; its tokens are inactive"),
+    AuditAction("agent.deleted", "An agent was deleted"),
+    AuditAction("credential.created", "A client credential was created"),
+    AuditAction("credential.revoked", "A client credential was revoked"),
+    AuditAction("token.issued", "An access token was issued"),
+    AuditAction("token.revoked", "An access token was revoked (RFC 7009)"),
+    AuditAction("client.authentication_failed", "A client failed to authenticate"),
+    AuditAction("key.rotated", "A signing key was rotated"),
+    AuditAction("key.revoked", "A signing key was revoked"),
+    AuditAction("key.reencrypted", "Private keys were re-encrypted under a new secret"),
+)
+
+
+@dataclass(frozen=True)
 class Actor:
     client_id: str | None = None
     agent_id: str | None = None
@@ -83,6 +115,9 @@ class AuditLog:
     def __init__(self, idp: IdP) -> None:
         self.idp = idp
         self.dispatcher = AuditDispatcher(idp)
+        # Off in production: the token path then pays one attribute check per event.
+        self._strict: bool | None = None
+        self._actions: dict[str, AuditAction] | None = None
         self._group: Batcher[tuple[Database, dict[str, Any]], dict[str, Any]] = Batcher(
             self._write, GROUP_MAX
         )
@@ -117,6 +152,21 @@ class AuditLog:
             "source_ip": current.remote_addr if current is not None else None,
             "details": _clean(details or {}),
         }
+
+    @property
+    def actions(self) -> dict[str, AuditAction]:
+        """Every declared action by name (the hook runs once, on first use)."""
+        if self._actions is None:
+            self._actions = self.idp.hooks.audit_actions(self.idp)
+        return self._actions
+
+    def _check(self, action: str) -> None:
+        if self._strict is None:
+            self._strict = bool(self.idp.settings.AUDIT_STRICT_ACTIONS)
+        if self._strict and action not in self.actions:
+            raise UndeclaredAuditAction(
+                f"audit action {action!r} is not declared by any plugin (register_audit_actions)"
+            )
 
     @staticmethod
     async def _chain_pg(
@@ -181,6 +231,7 @@ class AuditLog:
         the event reaches plugins once `published()` is called after that
         commit (see `record`).
         """
+        self._check(fields["action"])
         event = self._draft(**fields)
         await self._chain(conn, event["org_id"], [event])
         return event
@@ -192,6 +243,7 @@ class AuditLog:
         commit): each caller still waits for the commit of its own event, but
         a busy token endpoint pays one commit per batch, not per token.
         """
+        self._check(fields["action"])
         return await self._group.submit((db, self._draft(**fields)))
 
     async def _write(self, batch: list[tuple[Database, dict[str, Any]]]) -> list[dict[str, Any]]:

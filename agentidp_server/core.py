@@ -22,6 +22,7 @@ from agentidp_server.scopes import Scope
 from agentidp_server.settings import KERNEL_SETTINGS, Setting
 
 if TYPE_CHECKING:
+    from agentidp_server.audit import AuditAction
     from agentidp_server.grants import GrantType
     from agentidp_server.idp import IdP
     from agentidp_server.oauth.client_auth import ClientAuthMethod
@@ -69,6 +70,13 @@ def register_client_auth_methods(idp: IdP) -> list[ClientAuthMethod]:
     from agentidp_server.oauth.client_auth import KERNEL_METHODS
 
     return list(KERNEL_METHODS.values())
+
+
+@hookimpl
+def register_audit_actions(idp: IdP) -> list[AuditAction]:
+    from agentidp_server.audit import KERNEL_ACTIONS
+
+    return list(KERNEL_ACTIONS)
 
 
 @hookimpl
@@ -126,6 +134,20 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         registry=registry,
         # Only the process holding the audit-integrity lease checks and sets it.
         multiprocess_mode="mostrecent",
+    )
+    # Set by the process holding each consumer's lease (audit_dispatch).
+    state["audit_consumer_lag"] = Gauge(
+        "agentidp_audit_consumer_lag",
+        "Audit events committed but not yet accepted by a plugin consuming them",
+        ["consumer"],
+        registry=registry,
+        multiprocess_mode="mostrecent",
+    )
+    state["audit_consumer_failures"] = Counter(
+        "agentidp_audit_consumer_failures_total",
+        "Failed or timed-out deliveries of an audit event to a plugin (each is retried)",
+        ["consumer"],
+        registry=registry,
     )
     state["credentials_expiring"] = Gauge(
         "agentidp_credentials_expiring_soon_total",

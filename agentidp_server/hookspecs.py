@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from quart import Blueprint
 
+    from agentidp_server.audit import AuditAction
     from agentidp_server.background import BackgroundTask
     from agentidp_server.grants import GrantType
     from agentidp_server.health import HealthCheck
@@ -183,6 +184,19 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
 
 
 @hookspec
+def register_audit_actions(idp: IdP) -> list[AuditAction]:
+    """Declare the audit actions the plugin records (`agentidp_server.AuditAction`:
+    a name such as `delegation.created` and what it means).
+
+    The kernel declares its own the same way. An action declared by two
+    plugins stops startup. With `AUDIT_STRICT_ACTIONS` on (the kernel's pytest
+    plugin turns it on; off by default in production), recording an action no
+    plugin declared raises `UndeclaredAuditAction`, so a test catches a typo or
+    a forgotten declaration. Called once, at the first event recorded.
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add `agentidp` subcommands to `cli` (a click group).
 
@@ -260,12 +274,14 @@ def discovery_metadata(idp: IdP) -> Mapping[str, Any] | Awaitable[Mapping[str, A
 def audit_event(idp: IdP, event: Mapping[str, Any]) -> Awaitable[None] | None:
     """Receive a committed audit event, after commit and off the request path.
 
-    Delivered in chain order per organisation by one process at a time (the
-    holder of the `audit-dispatch` lease), whichever process committed the
-    event (a worker, the CLI). Delivery is at least once: the cursor advances
-    after each batch, so after a crash the events since it are delivered
-    again; deduplicate by `(org_id, seq)`. An exception is logged with the
-    plugin's name; delivery to the other plugins goes on, and the event is not
-    retried for the plugin that failed: a plugin that must not miss one keeps
-    its own `seq` and reads on with `idp.audit.read(org_id, after_seq)`.
+    Each plugin implementing this hook is a consumer of its own: its own
+    cursor per organisation chain (in the database), its own lease (one
+    process at a time delivers to it, `audit-consumer:<plugin>`, renewed while
+    the handler runs), whichever process committed the event (a worker, the
+    CLI). Events arrive in chain order per organisation. A call that raises or
+    does not finish within `AUDIT_CONSUMER_TIMEOUT` seconds is retried with
+    backoff (`AUDIT_CONSUMER_RETRY_MIN` doubling up to `_MAX`), and the cursor
+    does not pass the event until a call returns: delivery is at least once,
+    so deduplicate by `(org_id, seq)`. While one consumer is stuck on an event,
+    the other consumers, and its other organisations' chains, go on.
     """

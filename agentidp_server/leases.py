@@ -7,10 +7,13 @@ that matter check `held_in(conn)` in their own transaction (fencing).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from agentidp_server.ids import now_ms
@@ -53,6 +56,26 @@ class Lease:
         if time.monotonic() - self._renewed_at < self.ttl_ms / 3000:
             return True
         return await self.acquire()
+
+    @contextlib.asynccontextmanager
+    async def kept_alive(self) -> AsyncIterator[None]:
+        """Renew every third of the lease while the block runs (a slow audit consumer's
+        handler), so a live holder is not taken over and its work duplicated."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.ttl_ms / 3000)
+                # A failed renewal is not fatal here: the holder's fenced writes find out.
+                with contextlib.suppress(Exception):
+                    await self.acquire()
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def held_in(self, conn: Connection) -> bool:
         """Whether we still hold it, read inside the caller's transaction."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from quart import Blueprint
 
+    from agentidp_server.audit import AuditAction
     from agentidp_server.background import BackgroundTask
     from agentidp_server.grants import GrantType
     from agentidp_server.health import HealthCheck
@@ -432,6 +433,24 @@ class Hooks:
             for plugin, task in self._lists("register_background_tasks", idp=idp)
         ]
 
+    def audit_actions(self, idp: IdP) -> dict[str, AuditAction]:
+        from agentidp_server import audit  # as in background_tasks: no capability import at load
+
+        actions: dict[str, AuditAction] = {}
+        owners: dict[str, str] = {}
+        for plugin, action in self._lists("register_audit_actions", idp=idp):
+            if not isinstance(action, audit.AuditAction):
+                raise PluginError(
+                    f"plugin {plugin!r}: register_audit_actions must return AuditAction objects"
+                )
+            if action.name in actions:
+                raise PluginError(
+                    f"plugin {plugin!r}: audit action {action.name!r} is already declared "
+                    f"by {owners[action.name]!r}"
+                )
+            actions[action.name], owners[action.name] = action, plugin
+        return actions
+
     def commands(self, cli: click.Group) -> None:
         for _ in self._call("register_commands", cli=cli):
             pass
@@ -508,11 +527,8 @@ class Hooks:
                     merged[name] = value
         return merged
 
-    async def audit_event(self, idp: IdP, event: Mapping[str, Any]) -> None:
-        for plugin, function, argnames in self._impls("audit_event"):
-            kwargs = {"idp": idp, "event": event}
-            try:
-                await await_me_maybe(function(**{n: kwargs[n] for n in argnames}))
-            except Exception:
-                # One plugin's failure must not stop delivery to the others.
-                log.exception("plugin %s failed handling audit event %s", plugin, event.get("seq"))
+    def audit_consumers(self) -> list[tuple[str, Callable[..., Any], list[str]]]:
+        """Each `audit_event` implementation as a consumer of its own: (name, function,
+        argnames); the dispatcher gives each its cursor, lease and retries."""
+        caller = self.pm.hook.audit_event
+        return [(i.plugin_name, i.function, list(i.argnames)) for i in caller.get_hookimpls()]

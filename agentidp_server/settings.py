@@ -344,6 +344,35 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting(
+        "AUDIT_CONSUMER_TIMEOUT",
+        10.0,
+        "Seconds a plugin's audit_event handler has for one event before the attempt counts "
+        "as failed and is retried",
+        (int, float),
+        _positive,
+    ),
+    Setting(
+        "AUDIT_CONSUMER_RETRY_MIN",
+        1.0,
+        "Seconds before the first retry of an audit event a plugin failed on (doubling after "
+        "each further failure)",
+        (int, float),
+    ),
+    Setting(
+        "AUDIT_CONSUMER_RETRY_MAX",
+        60.0,
+        "Most seconds between two retries of an audit event a plugin keeps failing on",
+        (int, float),
+        _positive,
+    ),
+    Setting(
+        "AUDIT_STRICT_ACTIONS",
+        False,
+        "Refuse to record an audit action no plugin declared (register_audit_actions); "
+        "on in the test suites",
+        bool,
+    ),
+    Setting(
         "AUDIT_CHECKPOINT_INTERVAL",
         60,
         "Seconds between signed checkpoints of each audit chain that grew",

@@ -175,7 +175,13 @@ def agentidp_settings(
 ) -> Any:
     from agentidp_server.settings import load_settings
 
-    overrides = {"DATA_DIR": str(tmp_path), **agentidp_storage, **agentidp_overrides}
+    # Strict in tests: recording an undeclared audit action fails the test.
+    overrides = {
+        "DATA_DIR": str(tmp_path),
+        "AUDIT_STRICT_ACTIONS": True,
+        **agentidp_storage,
+        **agentidp_overrides,
+    }
     return load_settings(env="test", overrides=overrides, environ={})
 
 

@@ -311,7 +311,7 @@ async def test_one_organisations_batch_is_one_statement_and_any_details_chain(
         for round_ in range(2):  # the first round creates the chain head
             events = await asyncio.gather(
                 *(
-                    idp.audit.record(idp.db, org_id="org-x", action="agent.updated", details=d)
+                    idp.audit.record(idp.db, org_id="org-x", action="agent.changed", details=d)
                     for d in details
                 )
             )
@@ -385,7 +385,7 @@ async def standalone(agentidp_settings):
 
 async def _chain_of(idp, org_id: str, events: int) -> None:
     for i in range(events):
-        await idp.audit.record(idp.db, org_id=org_id, action="agent.updated", target_id=str(i))
+        await idp.audit.record(idp.db, org_id=org_id, action="agent.changed", target_id=str(i))
 
 
 async def test_truncated_tail_is_reported_and_gauge_turns_zero(standalone, caplog):

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from agentidp_hello import AUTH_METHOD, GRANT_TYPE, HELLO_TOKEN_TYPE, HelloGrant, state
 
-from agentidp_server import TOKEN_EXCHANGE, hookimpl
+from agentidp_server import TOKEN_EXCHANGE, AuditAction, hookimpl
 from agentidp_server.app import build_idp, create_app
+from agentidp_server.migrations import migrate
 from agentidp_server.plugins import REGISTERED_CLAIMS, RESPONSE_FIELDS, PluginError
 from agentidp_server.settings import SettingsError, load_settings
 from agentidp_server.testkit import basic, make_org, token
@@ -166,6 +167,24 @@ async def test_register_background_tasks(agentidp_idp):
     await wait_for(lambda: hello["task_starts"] == 2, timeout=5)
     runs = hello["task_runs"]
     await wait_for(lambda: hello["task_runs"] > runs)
+
+
+async def test_register_audit_actions(tmp_path):
+    idp = build_idp(settings_for(tmp_path))
+    actions = idp.hooks.audit_actions(idp)
+    assert actions["hello.greeted"] == AuditAction(
+        "hello.greeted", "Someone was greeted (test fixture)"
+    )
+    assert "token.issued" in actions  # the kernel declares its own through the same hook
+
+    class Clash:
+        @hookimpl
+        def register_audit_actions(self) -> list[AuditAction]:
+            return [AuditAction("token.issued", "again")]
+
+    idp.hooks.pm.register(Clash(), name="clash")
+    with pytest.raises(PluginError, match=r"audit action 'token\.issued' is already declared"):
+        idp.hooks.audit_actions(idp)
 
 
 def test_register_commands(tmp_path):
@@ -316,19 +335,25 @@ async def test_discovery_metadata_is_served(agentidp_client, agentidp_idp):
 async def test_audit_event(tmp_path, caplog):
     idp = with_second(tmp_path)
     create_app(idp=idp)  # configures the kernel's loggers, as at startup
-    logging.getLogger("agentidp.plugins").addHandler(caplog.handler)
+    await idp.open_storage()
+    logging.getLogger("agentidp.audit").addHandler(caplog.handler)
     try:
-        for seq in (1, 2):
-            await idp.hooks.audit_event(idp, {"seq": seq, "type": "token.issued"})
+        await migrate(idp.db, idp.migration_sets())
+        for _ in (1, 2):
+            async with idp.db.transaction() as conn:
+                await idp.audit.append(conn, org_id="org-a", action="agent.changed")
+        assert await idp.audit.dispatcher.deliver_pending() == 2
     finally:
-        logging.getLogger("agentidp.plugins").removeHandler(caplog.handler)
+        logging.getLogger("agentidp.audit").removeHandler(caplog.handler)
+        await idp.close_storage()
     # The failing plugin is isolated: hello still receives every event, in order.
     assert [e["seq"] for e in state(idp)["audit"]] == [1, 2]
-    assert "second:audit:2" in state(idp)["events"]
-    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    # The other is held at its first event, to be retried after its backoff.
+    assert [e for e in state(idp)["events"] if e.startswith("second:audit")] == ["second:audit:1"]
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert failures == [
-        "plugin second failed handling audit event 1",
-        "plugin second failed handling audit event 2",
+        "audit consumer second failed on event org-a/1 (agent.changed, attempt 1): "
+        "RuntimeError: second cannot handle events; retrying in 1s"
     ]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agentidp_server import IdP, MigrationSet, Setting, hookimpl
+from agentidp_server import AuditAction, IdP, MigrationSet, Setting, hookimpl
 from prometheus_client import CollectorRegistry, Counter
 from quart import Blueprint
 
@@ -61,6 +61,14 @@ def register_migrations(idp: IdP) -> list[MigrationSet]:
 def register_token_exchange_handlers(idp: IdP) -> list[DelegationExchange]:
     # The kernel serves and advertises RFC 8693 token exchange; we decide for our tokens.
     return [DelegationExchange()]
+
+
+@hookimpl
+def register_audit_actions(idp: IdP) -> list[AuditAction]:
+    return [
+        AuditAction("delegation.created", "An agent delegated scopes to another (a chain link)"),
+        AuditAction("delegation.revoked", "A delegation was revoked"),
+    ]
 
 
 @hookimpl

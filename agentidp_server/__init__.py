@@ -21,7 +21,7 @@ from agentidp_server.oauth.rfc8693 import (
     TokenExchange,
     TokenExchangeHandler,
 )
-from agentidp_server.oauth.rfc9068 import InvalidToken, issued_at_ms
+from agentidp_server.oauth.rfc9068 import InvalidToken, issued_at_ms, valid_after_ms
 from agentidp_server.oauth.token_request import TokenRequest
 from agentidp_server.openapi import document_empty, document_errors, document_raw_response
 from agentidp_server.scopes import Scope
@@ -66,4 +66,5 @@ __all__ = [
     "principal_org",
     "require_scope",
     "resource_uri",
+    "valid_after_ms",
 ]

@@ -112,7 +112,7 @@ class Poisoned:
         return [i * 10 for i in items]
 
 
-async def test_a_failed_run_is_retried_item_by_item_so_one_bad_item_fails_only_itself() -> None:
+async def test_a_failed_run_is_retried_in_halves_so_one_bad_item_fails_only_itself() -> None:
     poisoned = Poisoned(RuntimeError("invalid byte sequence"))
     batcher: Batcher[int, int] = Batcher(poisoned.run, max_size=100)
     first = asyncio.create_task(batcher.submit(0))
@@ -124,7 +124,20 @@ async def test_a_failed_run_is_retried_item_by_item_so_one_bad_item_fails_only_i
     assert outcomes[:2] == [0, 10]
     assert isinstance(outcomes[2], RuntimeError)
     assert outcomes[3] == 30
-    assert poisoned.batches == [[0], [1, -2, 3], [1], [-2], [3]]
+    assert poisoned.batches == [[0], [1, -2, 3], [1], [-2, 3], [-2], [3]]
+
+
+async def test_one_bad_item_in_a_large_batch_costs_logarithmic_reruns() -> None:
+    # A failed group commit of 64 must not become 64 transactions in a row.
+    poisoned = Poisoned(RuntimeError("invalid byte sequence"))
+    poisoned.release.set()
+    batcher: Batcher[int, int] = Batcher(poisoned.run, max_size=100)
+    items = [i + 1 for i in range(64)]
+    items[41] = -42
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in items), return_exceptions=True)
+    assert [o for o in outcomes if isinstance(o, RuntimeError)] == [outcomes[41]]
+    assert [o for i, o in enumerate(outcomes) if i != 41] == [i * 10 for i in items if i > 0]
+    assert len(poisoned.batches) <= 1 + 2 * 6  # the batch, then two halves per level
 
 
 async def test_an_unavailable_store_fails_the_batch_at_once_without_retries() -> None:

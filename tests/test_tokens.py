@@ -147,3 +147,27 @@ async def test_a_token_issued_in_the_second_of_a_reactivation_is_active(
         raise AssertionError("no second held the suspension and both tokens")
     assert await active(old) is False
     assert await active(new) is True
+
+
+async def test_a_cutoff_in_seconds_from_an_older_worker_still_suspends(
+    agentidp_client, agentidp_idp
+):
+    """A worker from before migration 0007, still running in a rolling upgrade, writes
+    tokens_valid_after in seconds: read as ms (1970) it would lift the suspension."""
+    org = await make_org(agentidp_idp)
+    headers = await admin_headers(agentidp_client, org)
+    agent, credential = await make_agent(agentidp_client, headers)
+    issued = (await token(agentidp_client, credential["client_id"], credential["client_secret"]))[
+        "access_token"
+    ]
+    await agentidp_idp.db.execute(
+        "UPDATE agents SET tokens_valid_after = $1 WHERE agent_id = $2",
+        int(time.time()) + 1,
+        agent["agent_id"],
+    )
+    response = await agentidp_client.post(
+        "/api/v1/token/introspect",
+        form={"token": issued},
+        headers=basic(org["client_id"], org["client_secret"]),
+    )
+    assert (await response.get_json())["active"] is False

@@ -72,7 +72,7 @@ async def list_(agent_id: str) -> Response:
 @require_scope("credentials:write")
 @document_empty(204, "Revoked")
 async def revoke(agent_id: str, credential_id: str) -> Response:
-    """Revoke a credential; tokens it already obtained stay valid until they expire."""
+    """Revoke a credential; the tokens it obtained are inactive from now on."""
     idp = current_idp()
     agent = await agent_or_404(agent_id)
     async with idp.db.transaction() as conn:

@@ -50,6 +50,17 @@ def issued_at_ms(claims: Mapping[str, Any]) -> int:
     return seconds * 1000
 
 
+# Below this, a `tokens_valid_after` is in seconds (ms values passed it in 1973).
+_SECONDS_BELOW = 100_000_000_000
+
+
+def valid_after_ms(cutoff: int) -> int:
+    """`tokens_valid_after` in unix ms. A value in seconds, written by a server from
+    before migration 0007 still running in a rolling upgrade, means the end of that
+    second (as migration 0007 converts it): read as ms it would lift a suspension."""
+    return cutoff * 1000 + 999 if cutoff < _SECONDS_BELOW else cutoff
+
+
 def access_token_claims(token: str) -> dict[str, Any]:
     """The payload of a token this server has just minted (no verification)."""
     claims = unverified_part(token, 1)
@@ -183,7 +194,7 @@ class TokenService:
         if row is None or row["status"] != "active" or row["org_id"] != claims["org_id"]:
             raise InvalidToken("Token's agent is not active")
         cutoff = row["tokens_valid_after"]
-        if cutoff is not None and issued_at_ms(claims) <= cutoff:
+        if cutoff is not None and issued_at_ms(claims) <= valid_after_ms(cutoff):
             raise InvalidToken("Token was issued before the agent was suspended")
         # A revoked or deleted credential ends its tokens (an expired one does not).
         if isinstance(credential_id, str) and row["credential_status"] != "active":

@@ -164,10 +164,14 @@ class PostgresDatabase:
             self._waiting -= 1
         try:
             yield conn
-        except (asyncio.CancelledError, StorageUnavailable):
+        except asyncio.CancelledError:
             # The link may be dead mid-query: asyncpg's release would wait for a cancel
             # request and a reset sent over it (issue 25 item 6); drop the connection.
             _drop(conn)
+            raise
+        except StorageUnavailable as error:
+            if error.component == "database":  # a kv outage says nothing of this link
+                _drop(conn)
             raise
         finally:
             await self._release(conn)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentidp_server import IdP, issued_at_ms
+from agentidp_server import IdP, issued_at_ms, valid_after_ms
 
 from agentidp_delegation import store
 
@@ -112,6 +112,6 @@ async def status(idp: IdP, claims: Mapping[str, Any]) -> str | None:
             return "An agent in the token's delegation chain is not active"
         cutoff = agent.get("tokens_valid_after")
         # As the kernel does for `sub`: a suspension outlives reactivation for older tokens.
-        if cutoff is not None and issued_at <= int(cutoff):
+        if cutoff is not None and issued_at <= valid_after_ms(int(cutoff)):
             return "Token was issued before an agent in its delegation chain was suspended"
     return None

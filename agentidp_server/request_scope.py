@@ -38,6 +38,9 @@ class RequestScope:
     tiers: dict[str, str] = field(default_factory=dict)  # org_id -> tier, read once per request
     # Tokens already counted with the request's admission (one kv step), not yet minted.
     prepaid_tokens: int = 0
+    # HTTP Basic credentials once decoded (False: not decoded yet); several steps of
+    # client authentication read them, and decoding costs microseconds each time.
+    basic: tuple[str, str] | bool | None = False
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "") or ""

@@ -60,7 +60,14 @@ class Client:
 
 
 def _basic() -> tuple[str, str] | None:
-    header = request_scope.require().header("authorization")
+    scope = request_scope.require()
+    if scope.basic is not False:
+        return scope.basic  # type: ignore[return-value]
+    scope.basic = _decode_basic(scope.header("authorization"))
+    return scope.basic
+
+
+def _decode_basic(header: str) -> tuple[str, str] | None:
     if header[:6].lower() != "basic ":
         return None
     try:

@@ -148,18 +148,7 @@ def _private_key(alg: str) -> Any:
 async def test_authlib_with_private_key_jwt(
     agentidp_app, agentidp_client, agentidp_idp, http, metadata, alg
 ):
-    org = await make_org(agentidp_idp)
-    headers = await admin_headers(agentidp_client, org)
-    agent, _ = await make_agent(agentidp_client, headers)
-    key = _private_key(alg)
-    response = await agentidp_client.post(
-        f"/api/v1/agents/{agent['agent_id']}/credentials",
-        json={"type": "private_key_jwt", "jwk": dict(key.as_dict(private=False))},
-        headers=headers,
-    )
-    created = await response.get_json()
-    assert response.status_code == 201, created
-    assert "d" not in created["jwk"]
+    agent, key = await _key_client(agentidp_app, agentidp_client, agentidp_idp, alg)
     client = oauth_client(agentidp_app, agent["client_id"], key, "private_key_jwt")
     # No fixed endpoint: each assertion's `aud` is the endpoint it is sent to.
     client.register_client_auth_method(PrivateKeyJWT(alg=alg))
@@ -202,7 +191,9 @@ async def _key_client(
         json={"type": "private_key_jwt", "jwk": dict(key.as_dict(private=False))},
         headers=headers,
     )
-    assert response.status_code == 201, await response.get_json()
+    created = await response.get_json()
+    assert response.status_code == 201, created
+    assert "d" not in created["jwk"]  # the private member is never echoed
     return agent, key
 
 

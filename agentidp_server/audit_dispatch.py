@@ -298,8 +298,11 @@ class AuditDispatcher:
             except StorageUnavailable:
                 log.warning("audit consumer %s paused: storage unavailable", consumer.name)
             await asyncio.sleep(MIN_ROUND_GAP)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that arrives as the wait ends, and the task then never stops (a hung shutdown).
             with suppress(TimeoutError):
-                await asyncio.wait_for(consumer.wake.wait(), self._next_wait(consumer))
+                async with asyncio.timeout(self._next_wait(consumer)):
+                    await consumer.wake.wait()
 
     async def _run_kernel_cursor(self) -> None:
         while True:
@@ -309,7 +312,8 @@ class AuditDispatcher:
             except StorageUnavailable:
                 log.warning("audit dispatch paused: storage unavailable")
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):  # not wait_for: see above
+                    await self._wake.wait()
 
     async def run_forever(self) -> None:
         """A task per consumer, so a slow or failing one does not hold the others up."""

@@ -529,8 +529,10 @@ class Keyring:
         async with db.listen(KEYS_CHANNEL, lambda _payload: wake.set(), on_lost):
             await self._reload(db)  # a change committed before LISTEN took effect
             while not lost:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval)
+                    async with asyncio.timeout(interval):
+                        await wake.wait()
                 wake.clear()
                 if not lost:
                     await self._reload(db)

@@ -261,6 +261,10 @@ class Hooks:
     def add(self, plugin: object, name: str) -> None:
         """Register one more plugin, called after those already registered (tests,
         embedding); pluggy would call a late registration first."""
+        # Refused before anything is unregistered: a refusal must not empty the manager.
+        _refuse_wrappers(self.pm, name, plugin)
+        if any(registered == name for registered, _ in self._order):
+            raise PluginError(f"plugin {name!r} is already registered")
         for registered, _ in self._order:
             self.pm.unregister(name=registered)
         order, self._order = [*self._order, (name, plugin)], []

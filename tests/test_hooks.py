@@ -362,3 +362,94 @@ async def test_facade_metadata_and_plugin_switches(agentidp_client, agentidp_idp
     assert await agentidp_idp.oauth_metadata() == served
     assert agentidp_idp.plugin_enabled("hello")
     assert not agentidp_idp.plugin_enabled("no-such-plugin")
+
+
+# Ordering: tryfirst/trylast on serving hooks, wrappers refused ---------------
+# (load-time order and refusal through entry points: tests/test_plugins.py)
+
+
+def traced(name: str, events: list[str], **opts: Any) -> object:
+    """A plugin whose lifespan and token_claims leave `name` in the trace."""
+
+    class Traced:
+        @hookimpl(**opts)
+        def lifespan(self) -> Any:
+            @asynccontextmanager
+            async def manager() -> AsyncIterator[None]:
+                events.append(f"{name}:enter")
+                try:
+                    yield
+                finally:
+                    events.append(f"{name}:exit")
+
+            return manager()
+
+        @hookimpl(**opts)
+        async def token_claims(self) -> Mapping[str, Any]:
+            events.append(f"{name}:claims")
+            return {"hello": name}  # the claim hello sets too: the later one is blamed
+
+    return Traced()
+
+
+async def test_tryfirst_and_trylast_order_the_serving_hooks(tmp_path):
+    idp = build_idp(settings_for(tmp_path))
+    events = state(idp)["events"]
+    # Added after hello, yet tryfirst puts "early" before it and trylast keeps "late" after.
+    idp.hooks.add(traced("late", events, trylast=True), "late")
+    idp.hooks.add(traced("early", events, tryfirst=True), "early")
+    app = create_app(idp=idp)
+    async with app.test_app():
+        entered = [e for e in events if e.endswith(":enter")]
+        assert entered == ["early:enter", "lifespan:enter", "late:enter"]
+        context = {"grant_type": "client_credentials", "claims": {"sub": "agent-1"}}
+        with pytest.raises(PluginError, match="plugin 'hello': claim 'hello' is already set by "
+                           "'early'"):  # fmt: skip
+            await idp.hooks.token_claims(idp, context)
+        assert [e for e in events if e.endswith(":claims")] == ["early:claims"]
+    # Exited in reverse order of entry.
+    assert [e for e in events if e.endswith(":exit")] == [
+        "late:exit",
+        "lifespan:exit",
+        "early:exit",
+    ]
+
+
+class RenamedWrapper:
+    """A wrapper under another function name, bound to its hook by `specname`."""
+
+    @hookimpl(specname="token_claims", hookwrapper=True)
+    def around_claims(self) -> Any:
+        yield
+
+
+class NewStyleWrapper:
+    @hookimpl(wrapper=True, tryfirst=True)
+    def discovery_metadata(self) -> Any:
+        return (yield)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "hook"),
+    [(RenamedWrapper(), "token_claims"), (NewStyleWrapper(), "discovery_metadata")],
+    ids=["hookwrapper-specname", "wrapper"],
+)
+async def test_a_wrapper_added_later_is_refused_and_the_others_stay(tmp_path, plugin, hook):
+    idp = build_idp(settings_for(tmp_path))
+    with pytest.raises(PluginError) as raised:
+        idp.hooks.add(plugin, "rogue")
+    assert str(raised.value) == (
+        f"plugin 'rogue': {hook} is marked wrapper/hookwrapper, which AgentIdP does not "
+        "support (hooks may be async); use tryfirst or trylast"
+    )
+    # The refusal leaves the plugins already registered in place, in their order.
+    context = {"grant_type": "client_credentials", "claims": {"sub": "agent-1"}}
+    assert await idp.hooks.token_claims(idp, context) == {"hello": "hello"}
+    assert "rogue" not in [name for name, _ in idp.hooks.pm.list_name_plugin()]
+
+
+def test_a_second_plugin_of_the_same_name_is_refused_and_the_first_stays(tmp_path):
+    idp = build_idp(settings_for(tmp_path))
+    with pytest.raises(PluginError, match="plugin 'hello' is already registered"):
+        idp.hooks.add(traced("again", []), "hello")
+    assert [name for name, _ in idp.hooks.pm.list_name_plugin()].count("hello") == 1

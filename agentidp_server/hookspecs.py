@@ -1,5 +1,5 @@
 # mypy: disable-error-code="empty-body"
-"""The plugin contract: every hook AgentIdP calls, in the order it calls them.
+"""The plugin contract: every hook AgentIdP calls, grouped by phase.
 
 A plugin is a module (or object) with functions marked `@hookimpl`, published
 under the `agentidp` entry-point group. The kernel registers its own
@@ -8,17 +8,23 @@ example.
 
 Rules that hold for every hook:
 
-* Any implementation may return a value or an awaitable; the kernel awaits it.
-  Assembly-phase hooks run while the app is being built and must return plain
-  values (Quart cannot add routes once it serves).
+* An implementation takes any subset of its hook's arguments.
+* The `register_*` hooks return plain values (an `async def` one is refused:
+  they run while the app is built, and Quart cannot add routes once it
+  serves). Serving-phase implementations may return a value or an awaitable;
+  the kernel awaits it.
 * An implementation that raises at startup stops the server with a message
   naming the plugin. A serving-phase hook that raises is logged with the
-  plugin's name and does not fail the request, except `token_claims`, whose
-  failure fails the token request (a token missing claims is worse than none).
+  plugin's name and does not fail the request, except `token_claims` and
+  `token_response`, whose failure fails the token request (a token missing
+  claims is worse than none), `token_status`, whose failure makes the token
+  inactive, and `audit_event`, whose failure is retried.
 * Implementations of one hook run in pluggy's order: `tryfirst=True` first,
   `trylast=True` last, the others the kernel first, then plugins by
-  entry-point name. `wrapper`/`hookwrapper` implementations are refused at
-  load (a wrapper would see coroutines, not results).
+  entry-point name, then plugins added later (`idp.hooks.add`). Where two
+  collide (a claim, a scalar metadata field) the later one is blamed or
+  dropped. `wrapper`/`hookwrapper` implementations are refused when loaded or
+  added (a wrapper would see coroutines, not results).
 * `idp` is the kernel's public facade (`agentidp_server.IdP`): settings, db,
   kv, metrics registry and the services a plugin may call. Plugins never
   import kernel internals.
@@ -107,8 +113,10 @@ def register_client_auth_methods(idp: IdP) -> list[ClientAuthMethod]:
     `OAuthError("invalid_client", ..., 401)`. The kernel registers
     `client_secret_basic`, `client_secret_post` and `private_key_jwt` here.
     A name another plugin (or the kernel) registered, or `none`, stops startup.
-    Registered methods are served at the token, introspection and revocation
-    endpoints and listed in the metadata; a request presenting two is refused.
+    A registered method is accepted at the token endpoint for the grants naming
+    it in TOKEN_ENDPOINT_AUTH_METHODS and listed in
+    `token_endpoint_auth_methods_supported`; introspection and revocation take
+    the kernel's three only. A request presenting two is `invalid_request`.
     """
 
 
@@ -121,8 +129,10 @@ def register_grant_types(idp: IdP) -> list[GrantType]:
     only the methods in the grant's `TOKEN_ENDPOINT_AUTH_METHODS` (default: the
     kernel's three; a name no plugin registered stops startup). A grant listing
     `none` gets requests without client authentication, with `request.client`
-    None. Authenticated clients pass the failure and rate limits before the
-    handler's `issue(request: TokenRequest)`.
+    None, and the metadata's `token_endpoint_auth_methods_supported` lists
+    `none`. Authenticated clients pass the failure and rate limits before the
+    handler's `issue(request: TokenRequest)`. Every registered grant is listed in
+    the RFC 8414 `grant_types_supported`.
     """
 
 
@@ -136,8 +146,9 @@ def register_token_exchange_handlers(idp: IdP) -> list[TokenExchangeHandler]:
     handler with an `issuer`, by the subject token's unverified `iss`. It lists
     the `actor_token_types` and `issued_token_types` it accepts and implements
     `async exchange(exchange: TokenExchange) -> ExchangedToken`. Two handlers
-    for the same (type, issuer) stop startup. With no handler the grant is
-    neither served nor advertised.
+    for the same (type, issuer) stop startup. A `subject_token_type` no handler
+    takes is §2.2.2's `invalid_request`, naming the types taken. With no
+    handler the grant is neither served nor advertised.
     """
 
 
@@ -188,11 +199,12 @@ def register_audit_actions(idp: IdP) -> list[AuditAction]:
     """Declare the audit actions the plugin records (`agentidp_server.AuditAction`:
     a name such as `delegation.created` and what it means).
 
-    The kernel declares its own the same way. An action declared by two
-    plugins stops startup. With `AUDIT_STRICT_ACTIONS` on (the kernel's pytest
-    plugin turns it on; off by default in production), recording an action no
-    plugin declared raises `UndeclaredAuditAction`, so a test catches a typo or
-    a forgotten declaration. Called once, at the first event recorded.
+    The kernel declares its own the same way; only enabled plugins declare. An
+    action declared by two plugins stops startup. With `AUDIT_STRICT_ACTIONS`
+    on (the kernel's pytest plugin turns it on; off by default in production),
+    recording an action no plugin declared raises `UndeclaredAuditAction`, so
+    a test catches a typo or a forgotten declaration. Called once, at the first
+    event recorded.
     """
 
 
@@ -214,8 +226,9 @@ def register_commands(cli: click.Group) -> None:
 def lifespan(idp: IdP) -> AbstractAsyncContextManager[None] | None:
     """Return an async context manager entered at startup, exited at shutdown.
 
-    Entered after storage opens, in plugin order; exited in reverse
-    order, after in-flight requests finish. Raising on entry stops startup.
+    Entered after storage opens and migrations are applied (or checked), in
+    plugin order, before background tasks start; exited in reverse order, after
+    in-flight requests finish. Raising on entry stops startup.
     """
 
 
@@ -223,13 +236,16 @@ def lifespan(idp: IdP) -> AbstractAsyncContextManager[None] | None:
 def token_claims(
     idp: IdP, context: Mapping[str, Any]
 ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
-    """Return extra claims for an access token being issued.
+    """Return extra claims for an access token being minted (`idp.tokens.mint`,
+    so every grant's tokens).
 
-    `context` holds the agent, the client, the grant type and the claims so
-    far (read-only). The registered claims (`iss`, `sub`, `aud`, `exp`, `iat`,
-    `jti`, `scope`, `client_id`, `org_id`, and `act` where present) cannot be
-    overwritten: a plugin returning one of them fails the request with the
-    plugin named in the log.
+    `context` (read-only) holds `agent` (the agent the token is for, a
+    mapping), `grant_type` (as the minting grant passed it) and `claims` (a
+    copy of the claims so far; the client is `claims["client_id"]`). The
+    registered claims (`iss`, `sub`, `aud`, `exp`, `iat`, `nbf`, `jti`,
+    `scope`, `client_id`, `org_id`, `act`, `credential_id`, `iat_ms`;
+    `plugins.REGISTERED_CLAIMS`) cannot be set: a plugin returning one, or a
+    claim an earlier plugin set, fails the request with the plugin named.
     """
 
 

@@ -215,7 +215,7 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CORS_ORIGIN",
         "",
-        "Comma-separated browser origins allowed to call the API (e.g. the portal)",
+        "Comma-separated browser origins allowed to call the API (e.g. an admin console)",
     ),
     Setting(
         "LOG_LEVEL", "INFO", "Log level", str, None, choices=("DEBUG", "INFO", "WARNING", "ERROR")

@@ -169,6 +169,12 @@ async def test_register_background_tasks(agentidp_idp):
     await wait_for(lambda: hello["task_runs"] > runs)
 
 
+class ClashingAction:
+    @hookimpl
+    def register_audit_actions(self) -> list[AuditAction]:
+        return [AuditAction("token.issued", "again")]
+
+
 async def test_register_audit_actions(tmp_path):
     idp = build_idp(settings_for(tmp_path))
     actions = idp.hooks.audit_actions(idp)
@@ -177,14 +183,18 @@ async def test_register_audit_actions(tmp_path):
     )
     assert "token.issued" in actions  # the kernel declares its own through the same hook
 
-    class Clash:
-        @hookimpl
-        def register_audit_actions(self) -> list[AuditAction]:
-            return [AuditAction("token.issued", "again")]
-
-    idp.hooks.pm.register(Clash(), name="clash")
+    idp.hooks.pm.register(ClashingAction(), name="clash")
     with pytest.raises(PluginError, match=r"audit action 'token\.issued' is already declared"):
         idp.hooks.audit_actions(idp)
+
+
+def test_a_duplicate_audit_action_stops_startup_even_when_not_strict(tmp_path):
+    idp = build_idp(settings_for(tmp_path, AUDIT_STRICT_ACTIONS=False))  # production's default
+    idp.hooks.add(ClashingAction(), "clash")
+    with pytest.raises(
+        PluginError, match=r"plugin 'clash': audit action 'token\.issued' is already declared"
+    ):
+        create_app(idp=idp)
 
 
 def test_register_commands(tmp_path):

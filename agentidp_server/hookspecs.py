@@ -203,8 +203,8 @@ def register_audit_actions(idp: IdP) -> list[AuditAction]:
     action declared by two plugins stops startup. With `AUDIT_STRICT_ACTIONS`
     on (the kernel's pytest plugin turns it on; off by default in production),
     recording an action no plugin declared raises `UndeclaredAuditAction`, so
-    a test catches a typo or a forgotten declaration. Called once, at the first
-    event recorded.
+    a test catches a typo or a forgotten declaration. Called once, while the
+    app is built (`idp.audit.actions` lists the result).
     """
 
 

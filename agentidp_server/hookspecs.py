@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from agentidp_server.oauth.rfc8693 import TokenExchangeHandler
     from agentidp_server.scopes import Scope
     from agentidp_server.settings import Setting
+    from agentidp_server.subjects import SubjectKind
 
 PROJECT = "agentidp"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -151,6 +152,24 @@ def register_scopes(idp: IdP) -> list[Scope]:
     listed in the RFC 8414 `scopes_supported`; with `admin=True`, every
     organisation's admin client may be issued it, including admins created
     before the plugin was enabled. Disabling the plugin withdraws its scopes.
+    """
+
+
+@hookspec
+def register_subject_kinds(idp: IdP) -> list[SubjectKind]:
+    """Declare the kinds of token subject the plugin serves (`agentidp_server.SubjectKind`).
+
+    Called once per app. A `SubjectKind(name, status)` lets `idp.tokens.mint(subject=
+    Subject(name, subject_id, org_id), ...)` issue tokens for subjects that are not
+    local agents (a person, a partner-mapped subject); they carry the kind in the
+    `agentidp_subject_kind` claim (`SUBJECT_KIND_CLAIM`). On every verification of
+    such a token the kernel checks revocation, then awaits `status(idp, claims)`,
+    which returns why the token is no longer valid (a message safe to show:
+    "Token's person is suspended") or None; keep it to one indexed lookup. A
+    status check that raises makes the token inactive. The kernel registers
+    `agent`; a name another plugin (or the kernel) registered stops startup with
+    both named. While the plugin is disabled its tokens are inactive ("Token's
+    subject kind is not served"), never an error.
     """
 
 

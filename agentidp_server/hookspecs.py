@@ -245,10 +245,12 @@ def token_claims(
     """Return extra claims for an access token being issued.
 
     `context` holds the agent, the client, the grant type and the claims so
-    far (read-only). The registered claims (`iss`, `sub`, `aud`, `exp`, `iat`,
-    `jti`, `scope`, `client_id`, `org_id`, and `act` where present) cannot be
-    overwritten: a plugin returning one of them fails the request with the
-    plugin named in the log.
+    far (read-only); for a subject that is not an agent (`register_subject_kinds`)
+    `agent` is None and `subject` holds its `agentidp_server.Subject`. The
+    registered claims (`iss`, `sub`, `aud`, `exp`, `iat`, `jti`, `scope`,
+    `client_id`, `org_id`, `act` where present, `credential_id`, `iat_ms` and
+    `agentidp_subject_kind`) cannot be overwritten: a plugin returning one of
+    them fails the request with the plugin named in the log.
     """
 
 

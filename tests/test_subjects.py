@@ -362,3 +362,22 @@ def test_a_subject_needs_every_field(field):
     values = {"kind": "person", "subject_id": "p-1", "org_id": "o-1", field: ""}
     with pytest.raises(ValueError, match=f"Subject.{field} must be a non-empty string"):
         Subject(**values)
+
+
+AN_AGENT = {"agent_id": "a", "org_id": "o"}
+
+
+@pytest.mark.parametrize(
+    "who",
+    [
+        {},  # nobody
+        {"agent": AN_AGENT, "subject": Subject("person", "p", "o"), "client_id": "c"},  # both
+        {"agent": AN_AGENT, "client_id": "c"},  # an agent without its credential
+        {"agent": AN_AGENT},  # an agent without its client
+    ],
+)
+async def test_mint_takes_an_agent_with_its_client_or_a_subject(tmp_path, who):
+    idp = build_idp(embedded_settings(tmp_path))
+    credential = {"credential_id": "k"} if who.get("subject") else {}
+    with pytest.raises(TypeError, match="mint"):
+        await idp.tokens.mint(**who, **credential, scopes=[], audience="x", grant_type="g")

@@ -181,8 +181,8 @@ class TokenService:
                 extra=extra,
                 lifetime=lifetime,
             )
-        if credential_id is None or client_id is None:
-            raise TypeError("an agent's token needs its client's client_id and credential_id")
+        if subject is not None or credential_id is None or client_id is None:
+            raise TypeError("mint(agent=...) takes its client's client_id and credential_id only")
         # The hot path (client credentials, benchmarked): no Subject is built for it.
         # Every grant mints here, so every token is counted against the tier (and the
         # runbook's monthly counter) before it exists: here, or with its request's admission.

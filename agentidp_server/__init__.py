@@ -26,12 +26,14 @@ from agentidp_server.oauth.token_request import TokenRequest
 from agentidp_server.openapi import document_empty, document_errors, document_raw_response
 from agentidp_server.scopes import Scope
 from agentidp_server.settings import Setting
+from agentidp_server.subjects import SUBJECT_KIND_CLAIM, Subject, SubjectKind, subject_kind
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
     "JWT_TOKEN_TYPE",
+    "SUBJECT_KIND_CLAIM",
     "TOKEN_EXCHANGE",
     "Actor",
     "ApiError",
@@ -48,6 +50,8 @@ __all__ = [
     "OAuthError",
     "Scope",
     "Setting",
+    "Subject",
+    "SubjectKind",
     "TokenExchange",
     "TokenExchangeHandler",
     "TokenRequest",
@@ -66,5 +70,6 @@ __all__ = [
     "principal_org",
     "require_scope",
     "resource_uri",
+    "subject_kind",
     "valid_after_ms",
 ]

@@ -62,6 +62,7 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
     core_state["grant_types"] = idp.hooks.grant_types(idp)
     idp.hooks.scopes(idp)  # collected and checked now: a duplicate stops startup
     idp.audit.actions  # noqa: B018 - likewise (read lazily, only strict mode would see a clash)
+    idp.hooks.subject_kinds(idp)  # as scopes: a duplicate kind stops startup
     core_state["grant_auth_methods"] = grant_auth_methods(
         core_state["grant_types"], core_state["client_auth_methods"]
     )

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agentidp_server.grants import GrantType
     from agentidp_server.idp import IdP
     from agentidp_server.oauth.client_auth import ClientAuthMethod
+    from agentidp_server.subjects import SubjectKind
 
 EXPIRING_WINDOW_MS = 7 * 24 * 3600 * 1000
 
@@ -89,6 +90,13 @@ def register_grant_types(idp: IdP) -> list[GrantType]:
     if handlers:  # RFC 8693 is served (and advertised) only with someone to decide
         grants.append(TokenExchangeGrant(handlers))
     return grants
+
+
+@hookimpl
+def register_subject_kinds(idp: IdP) -> list[SubjectKind]:
+    from agentidp_server.oauth.rfc9068 import AGENT_KIND
+
+    return [AGENT_KIND]
 
 
 @hookimpl

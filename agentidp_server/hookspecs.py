@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from agentidp_server.oauth.rfc8693 import TokenExchangeHandler
     from agentidp_server.scopes import Scope
     from agentidp_server.settings import Setting
+    from agentidp_server.subjects import SubjectKind
 
 PROJECT = "agentidp"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -166,6 +167,24 @@ def register_scopes(idp: IdP) -> list[Scope]:
 
 
 @hookspec
+def register_subject_kinds(idp: IdP) -> list[SubjectKind]:
+    """Declare the kinds of token subject the plugin serves (`agentidp_server.SubjectKind`).
+
+    Called once per app. A `SubjectKind(name, status)` lets `idp.tokens.mint(subject=
+    Subject(name, subject_id, org_id), ...)` issue tokens for subjects that are not
+    local agents (a person, a partner-mapped subject); they carry the kind in the
+    `agentidp_subject_kind` claim (`SUBJECT_KIND_CLAIM`). On every verification of
+    such a token the kernel checks revocation, then awaits `status(idp, claims)`,
+    which returns why the token is no longer valid (a message safe to show:
+    "Token's person is suspended") or None; keep it to one indexed lookup. A
+    status check that raises makes the token inactive. The kernel registers
+    `agent`; a name another plugin (or the kernel) registered stops startup with
+    both named. While the plugin is disabled its tokens are inactive ("Token's
+    subject kind is not served"), never an error.
+    """
+
+
+@hookspec
 def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
     """Create the plugin's Prometheus metrics on `registry` (never the global one).
 
@@ -240,12 +259,15 @@ def token_claims(
     so every grant's tokens).
 
     `context` (read-only) holds `agent` (the agent the token is for, a
-    mapping), `grant_type` (as the minting grant passed it) and `claims` (a
-    copy of the claims so far; the client is `claims["client_id"]`). The
+    mapping; None for a subject that is not an agent, see
+    `register_subject_kinds`), `subject` (its `agentidp_server.Subject`, for
+    such a subject), `grant_type` (as the minting grant passed it) and `claims`
+    (a copy of the claims so far; the client is `claims["client_id"]`). The
     registered claims (`iss`, `sub`, `aud`, `exp`, `iat`, `nbf`, `jti`,
-    `scope`, `client_id`, `org_id`, `act`, `credential_id`, `iat_ms`;
-    `plugins.REGISTERED_CLAIMS`) cannot be set: a plugin returning one, or a
-    claim an earlier plugin set, fails the request with the plugin named.
+    `scope`, `client_id`, `org_id`, `act`, `credential_id`, `iat_ms`,
+    `agentidp_subject_kind`; `plugins.REGISTERED_CLAIMS`) cannot be set: a
+    plugin returning one, or a claim an earlier plugin set, fails the request
+    with the plugin named.
     """
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from agentidp_server.oauth.client_auth import ClientAuthMethod
     from agentidp_server.oauth.rfc8693 import TokenExchangeHandler
     from agentidp_server.scopes import ScopeRegistry
+    from agentidp_server.subjects import SubjectKind
 
 log = logging.getLogger("agentidp.plugins")
 T = TypeVar("T")
@@ -63,6 +64,7 @@ REGISTERED_CLAIMS = frozenset(
         "act",
         "credential_id",
         "iat_ms",  # the kernel's precise issue time (oauth/rfc9068.py ISSUED_MS)
+        "agentidp_subject_kind",  # decides how a token is verified (subjects.py)
     }
 )
 _TRUE = {"1", "true", "yes", "on"}
@@ -241,6 +243,7 @@ class Hooks:
         self.plugins = plugins
         self._order: list[tuple[str, object]] = []  # plugins in call order (kernel first)
         self._scopes: ScopeRegistry | None = None
+        self._subject_kinds: dict[str, SubjectKind] | None = None
 
     def register_all(self, plugins: list[tuple[str, object]]) -> None:
         """Register `plugins` so that pluggy's own order (last registered first) calls
@@ -411,6 +414,28 @@ class Hooks:
                 declared.append(scope)
             self._scopes = ScopeRegistry.of(declared)
         return self._scopes
+
+    def subject_kinds(self, idp: IdP) -> dict[str, SubjectKind]:
+        """Every enabled plugin's subject kinds by name, collected once (verification
+        looks a kind up on each non-agent token without calling a hook)."""
+        if self._subject_kinds is None:
+            from agentidp_server.subjects import check_kind
+
+            kinds: dict[str, SubjectKind] = {}
+            owners: dict[str, str] = {}
+            for plugin, item in self._lists("register_subject_kinds", idp=idp):
+                try:
+                    kind = check_kind(item)
+                except ValueError as error:
+                    raise PluginError(f"plugin {plugin!r}: {error}") from None
+                if kind.name in kinds:
+                    raise PluginError(
+                        f"plugin {plugin!r}: subject kind {kind.name!r} is already registered "
+                        f"by {owners[kind.name]!r}"
+                    )
+                kinds[kind.name], owners[kind.name] = kind, plugin
+            self._subject_kinds = kinds
+        return self._subject_kinds
 
     def metrics(self, idp: IdP, registry: CollectorRegistry) -> None:
         for _ in self._call("register_metrics", idp=idp, registry=registry):

@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 from agentidp_hello import AUTH_METHOD, GRANT_TYPE, HELLO_TOKEN_TYPE, HelloGrant, state
 
-from agentidp_server import TOKEN_EXCHANGE, AuditAction, hookimpl
+from agentidp_server import (
+    TOKEN_EXCHANGE,
+    AuditAction,
+    InvalidToken,
+    Subject,
+    SubjectKind,
+    hookimpl,
+)
 from agentidp_server.app import build_idp, create_app
 from agentidp_server.migrations import migrate
 from agentidp_server.plugins import REGISTERED_CLAIMS, RESPONSE_FIELDS, PluginError
@@ -136,6 +143,40 @@ async def test_register_token_exchange_handlers(agentidp_client, agentidp_idp):
     )
     assert response.status_code == 200, await response.get_json()
     assert state(agentidp_idp)["exchanges"] == ["hello:hooks"]
+
+
+class Robots:
+    """A `robot` subject kind (tests/test_subjects.py covers kinds in depth)."""
+
+    def __init__(self) -> None:
+        self.retired: set[str] = set()
+
+    async def status(self, idp: Any, claims: Mapping[str, Any]) -> str | None:
+        return "Token's robot is retired" if claims["sub"] in self.retired else None
+
+    @hookimpl
+    def register_subject_kinds(self, idp: Any) -> list[SubjectKind]:
+        return [SubjectKind("robot", self.status, "A robot")]
+
+
+async def test_register_subject_kinds(tmp_path):
+    idp = build_idp(settings_for(tmp_path))
+    robots = Robots()
+    idp.hooks.add(robots, "robots")
+    app = create_app(idp=idp)
+    async with app.test_app():
+        assert list(idp.hooks.subject_kinds(idp)) == ["agent", "robot"]
+        org = await make_org(idp)
+        access, _ = await idp.tokens.mint(
+            subject=Subject("robot", "r2", org["org_id"]),
+            scopes=[],
+            audience=idp.tokens.default_audience(),
+            grant_type="urn:example:robot",
+        )
+        assert (await idp.tokens.verify(access))["sub"] == "r2"
+        robots.retired.add("r2")
+        with pytest.raises(InvalidToken, match="Token's robot is retired"):
+            await idp.tokens.verify(access)
 
 
 async def test_register_metrics(agentidp_client):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from contextlib import suppress
 from functools import cached_property
-from typing import Any
+from typing import Any, overload
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -19,6 +19,7 @@ from agentidp_server.idp import IdP
 from agentidp_server.ids import new_id, now_ms
 from agentidp_server.oauth.jws_parts import unverified_part
 from agentidp_server.storage.errors import Conflict, StorageUnavailable
+from agentidp_server.subjects import AGENT, SUBJECT_KIND_CLAIM, Subject, SubjectKind
 
 log = logging.getLogger("agentidp.tokens")
 
@@ -27,6 +28,19 @@ SIGNATURE_INVALID = "Token signature is invalid"
 # Set by a resync to its time: when the kv copy of the revocations was last complete.
 SYNC_MARKER = "agentidp:revocations-synced"
 _REVOKED_SQL = "EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = {jti})"
+# Revocation, the agent and the credential behind an agent's token, in one round trip.
+_AGENT_STATUS_SQL = (
+    "SELECT a.status, a.org_id, a.tokens_valid_after, "
+    "(SELECT c.status FROM credentials c WHERE c.credential_id = $2) AS credential_status, "
+    f"{_REVOKED_SQL.format(jti='$3')} AS revoked "
+    "FROM agents a WHERE a.agent_id = $1"
+)
+# Another kind's token: revocation and the credential (if it names one), in one round trip.
+_SUBJECT_STATUS_SQL = (
+    f"SELECT {_REVOKED_SQL.format(jti='$1')} AS revoked, "
+    "(SELECT c.status FROM credentials c WHERE c.credential_id = $2) AS credential_status"
+)
+NOT_SERVED = "Token's subject kind is not served"
 # A private claim (RFC 7519 §4.3): the issue time in ms, so a token issued just after a
 # reactivation (in the suspension's second) is active; `iat` has one-second granularity.
 ISSUED_MS = "iat_ms"
@@ -61,6 +75,29 @@ def valid_after_ms(cutoff: int) -> int:
     return cutoff * 1000 + 999 if cutoff < _SECONDS_BELOW else cutoff
 
 
+def _agent_reason(row: Mapping[str, Any] | None, claims: Mapping[str, Any]) -> str | None:
+    """Why an agent's token is inactive, from the `_AGENT_STATUS_SQL` row, or None."""
+    if row is not None and row["revoked"]:
+        return "Token has been revoked"
+    if row is None or row["status"] != "active" or row["org_id"] != claims["org_id"]:
+        return "Token's agent is not active"
+    cutoff = row["tokens_valid_after"]
+    if cutoff is not None and issued_at_ms(claims) <= valid_after_ms(cutoff):
+        return "Token was issued before the agent was suspended"
+    # A revoked or deleted credential ends its tokens (an expired one does not).
+    if isinstance(claims.get("credential_id"), str) and row["credential_status"] != "active":
+        return "Token's credential has been revoked"
+    return None
+
+
+async def _agent_kind_status(idp: IdP, claims: Mapping[str, Any]) -> str | None:
+    return await idp.tokens.agent_status(claims)
+
+
+# The kernel's own kind (registered in core.py): a local agent and its credential.
+AGENT_KIND = SubjectKind(AGENT, _agent_kind_status, "A local agent, by its client credential")
+
+
 def access_token_claims(token: str) -> dict[str, Any]:
     """The payload of a token this server has just minted (no verification)."""
     claims = unverified_part(token, 1)
@@ -86,6 +123,7 @@ class TokenService:
     def default_audience(self) -> str:
         return self._default_audience
 
+    @overload
     async def mint(
         self,
         *,
@@ -97,7 +135,55 @@ class TokenService:
         grant_type: str,
         extra: dict[str, Any] | None = None,
         lifetime: int | None = None,
+    ) -> tuple[str, dict[str, Any]]: ...
+
+    @overload
+    async def mint(
+        self,
+        *,
+        subject: Subject,
+        scopes: list[str],
+        audience: str | list[str],
+        grant_type: str,
+        client_id: str | None = None,
+        credential_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+        lifetime: int | None = None,
+    ) -> tuple[str, dict[str, Any]]: ...
+
+    async def mint(
+        self,
+        *,
+        agent: dict[str, Any] | None = None,
+        subject: Subject | None = None,
+        credential_id: str | None = None,
+        client_id: str | None = None,
+        scopes: list[str],
+        audience: str | list[str],
+        grant_type: str,
+        extra: dict[str, Any] | None = None,
+        lifetime: int | None = None,
     ) -> tuple[str, dict[str, Any]]:
+        """Sign an access token for `agent` (the row its client authenticated as, with
+        that client's `credential_id` and `client_id`) or for a `subject` of any
+        registered kind. Counted against the subject's organisation, audited as
+        `token.issued`, returned once the event has committed."""
+        if agent is None:
+            if subject is None:
+                raise TypeError("mint() needs agent= or subject=")
+            return await self._mint_subject(
+                subject,
+                credential_id=credential_id,
+                client_id=client_id,
+                scopes=scopes,
+                audience=audience,
+                grant_type=grant_type,
+                extra=extra,
+                lifetime=lifetime,
+            )
+        if subject is not None or credential_id is None or client_id is None:
+            raise TypeError("mint(agent=...) takes its client's client_id and credential_id only")
+        # The hot path (client credentials, benchmarked): no Subject is built for it.
         # Every grant mints here, so every token is counted against the tier (and the
         # runbook's monthly counter) before it exists: here, or with its request's admission.
         if not request_scope.take_prepaid_token():
@@ -147,6 +233,101 @@ class TokenService:
             await self.idp.quotas.refund_token(client_id, agent["org_id"])
             raise
 
+    def subject_kinds(self) -> Mapping[str, SubjectKind]:
+        """Every served subject kind by name (collected once per app, at startup)."""
+        return self.idp.hooks.subject_kinds(self.idp)
+
+    async def _mint_subject(
+        self,
+        subject: Subject,
+        *,
+        credential_id: str | None,
+        client_id: str | None,
+        scopes: list[str],
+        audience: str | list[str],
+        grant_type: str,
+        extra: dict[str, Any] | None,
+        lifetime: int | None,
+    ) -> tuple[str, dict[str, Any]]:
+        """A token for a subject that is not an agent row the caller holds."""
+        if subject.kind == AGENT:
+            # A mapped local agent: its row, read once, so hooks see what they always see.
+            agent = await self.idp.agents.get_in_org(subject.org_id, subject.subject_id)
+            if agent is None or agent["status"] != "active":
+                raise ValueError(f"agent {subject.subject_id} is not an active agent of its org")
+            if credential_id is None:
+                raise ValueError("an agent's token needs the credential_id it is bound to")
+            return await self.mint(
+                agent=agent,
+                credential_id=credential_id,
+                client_id=client_id or str(agent["client_id"]),
+                scopes=scopes,
+                audience=audience,
+                grant_type=grant_type,
+                extra=extra,
+                lifetime=lifetime,
+            )
+        if subject.kind not in self.subject_kinds():
+            raise ValueError(f"subject kind {subject.kind!r} is not served (no plugin serves it)")
+        # No OAuth client behind it (a first-party session): the subject's own label,
+        # which counts its monthly tokens apart from every client's.
+        client = client_id or subject.client_label()
+        org_id = subject.org_id
+        if not request_scope.take_prepaid_token():
+            await self.idp.quotas.count_token(client, org_id)
+        try:
+            issued_ms = now_ms()
+            now = issued_ms // 1000
+            claims: dict[str, Any] = {
+                "iss": self.idp.issuer,
+                "sub": subject.subject_id,
+                "aud": audience,
+                "client_id": client,
+                "scope": " ".join(scopes),
+                "jti": new_id(),
+                "iat": now,
+                "exp": now + (lifetime if lifetime is not None else self.ttl),
+                "org_id": org_id,
+                ISSUED_MS: issued_ms,
+            }
+            if credential_id is not None:
+                # The requesting client's credential: revoking it ends the token too.
+                claims["credential_id"] = credential_id
+            claims.update(extra or {})
+            # After `extra`: the kind decides how the token is verified.
+            claims[SUBJECT_KIND_CLAIM] = subject.kind
+            context = {
+                "agent": None,
+                "subject": subject,
+                "grant_type": grant_type,
+                "claims": dict(claims),
+            }
+            claims.update(await self.idp.hooks.token_claims(self.idp, context))
+            token = self.idp.keys.sign(claims, TOKEN_TYPE)
+            await self.idp.audit.record(
+                self.idp.db,
+                org_id=org_id,
+                action="token.issued",
+                # The client that asked (or the subject's label); no agent acted.
+                actor=Actor(client_id=client),
+                target_type="token",
+                target_id=claims["jti"],
+                details={
+                    "grant_type": grant_type,
+                    "scope": claims["scope"],
+                    "aud": claims["aud"],
+                    "exp": claims["exp"],
+                    "subject_kind": subject.kind,
+                    "sub": subject.subject_id,
+                    **({"credential_id": credential_id} if credential_id is not None else {}),
+                    **({"act": claims["act"]} if "act" in claims else {}),
+                },
+            )
+            return token, claims
+        except Exception:
+            await self.idp.quotas.refund_token(client, org_id)
+            raise
+
     def verify_signature(self, token: str) -> dict[str, Any]:
         """Signature, `typ`, `iss` and `exp`; InvalidToken says which failed."""
         header = unverified_part(token, 0)
@@ -175,35 +356,67 @@ class TokenService:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """Everything `verify_signature` checks, then revocation and the status of
-        the agent and credential behind the token (and of every delegation link)."""
+        the token's subject: for an agent, the agent and credential behind it; for
+        another kind, that kind's status check. Then every `token_status` hook (a
+        delegation link, ...)."""
         claims = self.verify_signature(token)
-        # Revocation (the durable row, see is_revoked), the agent and the credential
-        # behind the token, in one round trip.
-        credential_id = claims.get("credential_id")
-        row = await self.idp.db.fetchrow(
-            "SELECT a.status, a.org_id, a.tokens_valid_after, "
-            "(SELECT c.status FROM credentials c WHERE c.credential_id = $2) AS credential_status, "
-            f"{_REVOKED_SQL.format(jti='$3')} AS revoked "
-            "FROM agents a WHERE a.agent_id = $1",
-            claims["sub"],
-            credential_id if isinstance(credential_id, str) else "",
-            claims["jti"],
-        )
-        if row is not None and row["revoked"]:
-            raise InvalidToken("Token has been revoked")
-        if row is None or row["status"] != "active" or row["org_id"] != claims["org_id"]:
-            raise InvalidToken("Token's agent is not active")
-        cutoff = row["tokens_valid_after"]
-        if cutoff is not None and issued_at_ms(claims) <= valid_after_ms(cutoff):
-            raise InvalidToken("Token was issued before the agent was suspended")
-        # A revoked or deleted credential ends its tokens (an expired one does not).
-        if isinstance(credential_id, str) and row["credential_status"] != "active":
-            raise InvalidToken("Token's credential has been revoked")
+        kind = claims.get(SUBJECT_KIND_CLAIM)
+        if kind is None:
+            # An agent's token (every token before subject kinds): one round trip.
+            credential_id = claims.get("credential_id")
+            row = await self.idp.db.fetchrow(
+                _AGENT_STATUS_SQL,
+                claims["sub"],
+                credential_id if isinstance(credential_id, str) else "",
+                claims["jti"],
+            )
+            reason = _agent_reason(row, claims)
+        else:
+            reason = await self._subject_reason(kind, claims)
+        if reason is not None:
+            raise InvalidToken(reason)
         if self.idp.hooks.implemented("token_status"):
             reason = await self.idp.hooks.token_status(self.idp, claims)
             if reason is not None:
                 raise InvalidToken(reason)
         return claims
+
+    async def agent_status(self, claims: Mapping[str, Any]) -> str | None:
+        """Why an agent's token is no longer valid (revoked, agent not active or
+        suspended since, credential revoked), or None: the `agent` kind's check."""
+        credential_id = claims.get("credential_id")
+        row = await self.idp.db.fetchrow(
+            _AGENT_STATUS_SQL,
+            claims["sub"],
+            credential_id if isinstance(credential_id, str) else "",
+            claims["jti"],
+        )
+        return _agent_reason(row, claims)
+
+    async def _subject_reason(self, kind: object, claims: Mapping[str, Any]) -> str | None:
+        """Another kind's token: revocation (the durable row), its credential if it
+        names one, then the kind's own status check (its plugin may be disabled)."""
+        served = self.subject_kinds().get(kind) if isinstance(kind, str) else None
+        # The kernel never writes the claim for an agent: such a token is not ours to trust.
+        if served is None or kind == AGENT:
+            return NOT_SERVED
+        credential_id = claims.get("credential_id")
+        row = await self.idp.db.fetchrow(
+            _SUBJECT_STATUS_SQL,
+            claims["jti"],
+            credential_id if isinstance(credential_id, str) else "",
+        )
+        if row is not None and row["revoked"]:
+            return "Token has been revoked"
+        if isinstance(credential_id, str) and (row is None or row["credential_status"] != "active"):
+            return "Token's credential has been revoked"
+        try:
+            reason = await served.status(self.idp, claims)
+        except Exception:
+            # Fail closed, as token_status does: a broken check never admits a token.
+            log.exception("subject kind %s failed its status check; token is inactive", kind)
+            return "Token status could not be checked"
+        return str(reason) if reason else None
 
     # Revocation -------------------------------------------------------------
     #

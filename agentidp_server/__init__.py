@@ -9,6 +9,8 @@ from agentidp_server.health import HealthCheck
 from agentidp_server.hookspecs import hookimpl
 from agentidp_server.http import ApiError
 from agentidp_server.idp import IdP, current_idp
+from agentidp_server.keys import SigningKey
+from agentidp_server.leases import Lease, Leases
 from agentidp_server.migrations import MigrationSet
 from agentidp_server.oauth.client_auth import Client, ClientAuthMethod
 from agentidp_server.oauth.client_credentials import resource_uri
@@ -26,6 +28,15 @@ from agentidp_server.oauth.token_request import TokenRequest
 from agentidp_server.openapi import document_empty, document_errors, document_raw_response
 from agentidp_server.scopes import Scope
 from agentidp_server.settings import Setting
+from agentidp_server.views import (
+    Agent,
+    ChainReport,
+    Credential,
+    Organisation,
+    Page,
+    Principal,
+    Usage,
+)
 
 __version__ = "0.1.0"
 
@@ -34,24 +45,34 @@ __all__ = [
     "JWT_TOKEN_TYPE",
     "TOKEN_EXCHANGE",
     "Actor",
+    "Agent",
     "ApiError",
     "AuditAction",
     "BackgroundTask",
+    "ChainReport",
     "Client",
     "ClientAuthMethod",
+    "Credential",
     "ExchangedToken",
     "GrantType",
     "HealthCheck",
     "IdP",
     "InvalidToken",
+    "Lease",
+    "Leases",
     "MigrationSet",
     "OAuthError",
+    "Organisation",
+    "Page",
+    "Principal",
     "Scope",
     "Setting",
+    "SigningKey",
     "TokenExchange",
     "TokenExchangeHandler",
     "TokenRequest",
     "UndeclaredAuditAction",
+    "Usage",
     "__version__",
     "current_idp",
     "document_empty",

@@ -121,7 +121,7 @@ class TokenService:
             }
             claims.update(extra or {})
             context = {"agent": agent, "grant_type": grant_type, "claims": dict(claims)}
-            claims.update(await self.idp.hooks.token_claims(self.idp, context))
+            claims.update(await self.idp._hooks.token_claims(self.idp, context))
             token = self.idp.keys.sign(claims, TOKEN_TYPE)
             # The token is returned only once its issuance event has committed.
             await self.idp.audit.record(
@@ -199,8 +199,8 @@ class TokenService:
         # A revoked or deleted credential ends its tokens (an expired one does not).
         if isinstance(credential_id, str) and row["credential_status"] != "active":
             raise InvalidToken("Token's credential has been revoked")
-        if self.idp.hooks.implemented("token_status"):
-            reason = await self.idp.hooks.token_status(self.idp, claims)
+        if self.idp._hooks.implemented("token_status"):
+            reason = await self.idp._hooks.token_status(self.idp, claims)
             if reason is not None:
                 raise InvalidToken(reason)
         return claims

@@ -4,6 +4,8 @@ usage counters, leases, and an `IdP` whose public members are only the facade.""
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 from joserfc.jwk import ECKey
@@ -52,6 +54,18 @@ def test_idp_has_no_public_lifecycle_members(agentidp_idp):
         assert not hasattr(agentidp_idp, gone)
     # The class too: a new public method would show here before any instance has it.
     assert {n for n in vars(IdP) if not n.startswith("_")} <= FACADE
+
+
+def test_the_guide_lists_the_facade_and_the_views():
+    guide = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = re.search(r"^## The facade\n(.*?)^## ", guide, re.M | re.S)
+    assert section is not None, "docs/plugins.md has no 'The facade' section"
+    for name in FACADE:
+        assert f"idp.{name}" in section.group(1), f"idp.{name} is not in 'The facade'"
+    for view in (Agent, Organisation, Credential, Principal, ChainReport, Usage):
+        assert f"| `{view.__name__}`" in section.group(1), f"{view.__name__} is not documented"
+        for field in dataclasses.fields(view):
+            assert f"`{field.name}`" in section.group(1), f"{view.__name__}.{field.name}"
 
 
 async def test_agent_and_organisation_views_from_real_rows(agentidp_client, agentidp_idp):

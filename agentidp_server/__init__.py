@@ -9,6 +9,8 @@ from agentidp_server.health import HealthCheck
 from agentidp_server.hookspecs import hookimpl
 from agentidp_server.http import ApiError
 from agentidp_server.idp import IdP, current_idp
+from agentidp_server.keys import SigningKey
+from agentidp_server.leases import Lease, Leases
 from agentidp_server.migrations import MigrationSet
 from agentidp_server.oauth.client_auth import Client, ClientAuthMethod
 from agentidp_server.oauth.client_credentials import resource_uri
@@ -27,6 +29,15 @@ from agentidp_server.openapi import document_empty, document_errors, document_ra
 from agentidp_server.scopes import Scope
 from agentidp_server.settings import Setting
 from agentidp_server.subjects import SUBJECT_KIND_CLAIM, Subject, SubjectKind, subject_kind
+from agentidp_server.views import (
+    Agent,
+    ChainReport,
+    Credential,
+    Organisation,
+    Page,
+    Principal,
+    Usage,
+)
 
 __version__ = "0.1.0"
 
@@ -36,26 +47,36 @@ __all__ = [
     "SUBJECT_KIND_CLAIM",
     "TOKEN_EXCHANGE",
     "Actor",
+    "Agent",
     "ApiError",
     "AuditAction",
     "BackgroundTask",
+    "ChainReport",
     "Client",
     "ClientAuthMethod",
+    "Credential",
     "ExchangedToken",
     "GrantType",
     "HealthCheck",
     "IdP",
     "InvalidToken",
+    "Lease",
+    "Leases",
     "MigrationSet",
     "OAuthError",
+    "Organisation",
+    "Page",
+    "Principal",
     "Scope",
     "Setting",
+    "SigningKey",
     "Subject",
     "SubjectKind",
     "TokenExchange",
     "TokenExchangeHandler",
     "TokenRequest",
     "UndeclaredAuditAction",
+    "Usage",
     "__version__",
     "current_idp",
     "document_empty",

@@ -17,6 +17,7 @@ from agentidp_server.metrics import observe_request
 from agentidp_server.migrations import migrate, status
 from agentidp_server.oauth.token_asgi import TokenEndpoint
 from agentidp_server.plugins import CORE, PluginError, check_switches, load_plugins
+from agentidp_server.runtime import runtime
 from agentidp_server.settings import (
     KERNEL_SETTINGS,
     SettingsError,
@@ -56,17 +57,17 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
 
     http.install(app, settings)
     openapi.install(app)
-    idp.hooks.metrics(idp, idp.registry)
+    idp._hooks.metrics(idp, idp.registry)
     _mount_blueprints(app, idp)
-    core_state["client_auth_methods"] = idp.hooks.client_auth_methods(idp)
-    core_state["grant_types"] = idp.hooks.grant_types(idp)
-    idp.hooks.scopes(idp)  # collected and checked now: a duplicate stops startup
+    core_state["client_auth_methods"] = idp._hooks.client_auth_methods(idp)
+    core_state["grant_types"] = idp._hooks.grant_types(idp)
+    idp._hooks.scopes(idp)  # collected and checked now: a duplicate stops startup
     idp.audit.actions  # noqa: B018 - likewise (read lazily, only strict mode would see a clash)
-    idp.hooks.subject_kinds(idp)  # as scopes: a duplicate kind stops startup
+    idp._hooks.subject_kinds(idp)  # as scopes: a duplicate kind stops startup
     core_state["grant_auth_methods"] = grant_auth_methods(
         core_state["grant_types"], core_state["client_auth_methods"]
     )
-    core_state["health_checks"] = idp.hooks.health_checks(idp)
+    core_state["health_checks"] = idp._hooks.health_checks(idp)
 
     @app.after_request
     async def count(response: Response) -> Response:
@@ -83,8 +84,8 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
     async def start() -> None:
         nonlocal supervisor
         try:
-            await idp.open_storage()
-            stack.push_async_callback(idp.close_storage)
+            await runtime(idp).open_storage()
+            stack.push_async_callback(runtime(idp).close_storage)
             if not settings.DATABASE_URL or not settings.REDIS_URL:
                 log.info(
                     "Using embedded storage: %s and %s (development only; set DATABASE_URL and "
@@ -93,19 +94,19 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
                     idp.kv.description,
                 )
             if settings.MIGRATE_ON_START:
-                applied = await migrate(idp.db, idp.migration_sets())
+                applied = await migrate(idp.db, runtime(idp).migration_sets())
                 for migration in applied:
                     log.info("Applied migration %s/%s", migration.migration_set, migration.name)
             else:
                 await _require_migrated(idp)
-            for plugin, manager in idp.hooks.lifespans(idp):
+            for plugin, manager in idp._hooks.lifespans(idp):
                 try:
                     await stack.enter_async_context(manager)
                 except Exception as error:
                     if plugin == CORE:
                         raise  # the kernel's own failures are worded for the operator already
                     raise PluginError(f"plugin {plugin!r} failed in lifespan: {error}") from error
-            supervisor = TaskSupervisor(idp.hooks.background_tasks(idp))
+            supervisor = TaskSupervisor(idp._hooks.background_tasks(idp))
         except BaseException as error:
             # after_serving never runs when startup fails: exit the lifespans already
             # entered and close storage here, or the pool and connections leak.
@@ -126,7 +127,7 @@ def create_app(settings: Any | None = None, *, idp: IdP | None = None) -> Quart:
 async def _require_migrated(idp: IdP) -> None:
     """Without MIGRATE_ON_START, a schema behind the code is one clear line, not a
     `no such table` from whichever query runs first."""
-    rows = await status(idp.db, idp.migration_sets())
+    rows = await status(idp.db, runtime(idp).migration_sets())
     pending = [f"{r.migration_set}/{r.name}" for r in rows if not r.applied]
     if pending:
         raise StartupError(
@@ -137,7 +138,7 @@ async def _require_migrated(idp: IdP) -> None:
 
 def _mount_blueprints(app: Quart, idp: IdP) -> None:
     owners: dict[tuple[str, str], str] = {}
-    for plugin, blueprint in idp.hooks.blueprints(idp):
+    for plugin, blueprint in idp._hooks.blueprints(idp):
         before = len(list(app.url_map.iter_rules()))
         try:
             app.register_blueprint(blueprint)

@@ -24,6 +24,7 @@ from agentidp_server.batching import Batcher
 from agentidp_server.canonical_json import canonical
 from agentidp_server.ids import iso, new_id, now_ms
 from agentidp_server.storage.db import Connection, Database
+from agentidp_server.views import ChainReport
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -157,7 +158,7 @@ class AuditLog:
     def actions(self) -> dict[str, AuditAction]:
         """Every declared action by name (the hook runs once, on first use)."""
         if self._actions is None:
-            self._actions = self.idp.hooks.audit_actions(self.idp)
+            self._actions = self.idp._hooks.audit_actions(self.idp)
         return self._actions
 
     def _check(self, action: str) -> None:
@@ -280,6 +281,16 @@ class AuditLog:
         )
         return [public_view(r) for r in rows]
 
+    async def verify(self, org_id: str) -> ChainReport:
+        """Recompute one organisation's whole hash chain and its newest signed
+        checkpoint (as `agentidp audit verify --org` does): intact, or the first
+        broken event and why. Costs time in proportion to the chain's length."""
+        return await verify_chain(self.idp.db, org_id, self.idp.keys)
+
+    async def verify_all(self) -> list[ChainReport]:
+        """`verify` for every organisation's chain, in `org_id` order."""
+        return await verify_all(self.idp.db, None, self.idp.keys)
+
     def published(self, *events: dict[str, Any]) -> None:
         """Committed events: have the dispatcher look now (never call before commit)."""
         if events:
@@ -292,24 +303,6 @@ def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
         event["details"] = json.loads(event["details"])
     event["occurred_at"] = iso(event["occurred_at"])
     return event
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    org_id: str
-    events: int
-    intact: bool
-    first_broken_seq: int | None = None
-    reason: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "org_id": self.org_id,
-            "events": self.events,
-            "intact": self.intact,
-            "first_broken_seq": self.first_broken_seq,
-            "reason": self.reason,
-        }
 
 
 @dataclass

@@ -94,7 +94,7 @@ class AuditDispatcher:
 
     def consumers(self) -> list[Consumer]:
         """The enabled plugins implementing `audit_event`, each with its own lease."""
-        for name, handler, argnames in self.idp.hooks.audit_consumers():
+        for name, handler, argnames in self.idp._hooks.audit_consumers():
             if name not in self._consumers:
                 self._consumers[name] = Consumer(
                     name, handler, argnames, Lease(self.idp, CONSUMER_LEASE + name, self.lease_ms)
@@ -106,7 +106,7 @@ class AuditDispatcher:
 
         With no plugin listening there is nothing to hurry: the regular poll moves
         the cursor, and a busy token endpoint is spared ~20 lease rounds a second."""
-        if self.idp.hooks.implemented("audit_event"):
+        if self.idp._hooks.implemented("audit_event"):
             self._wake.set()
             for consumer in self._consumers.values():
                 consumer.wake.set()

@@ -20,7 +20,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from agentidp_server.audit import (
-    ChainReport,
     Sweep,
     check_tail,
     checkpoints_of,
@@ -30,6 +29,7 @@ from agentidp_server.audit import (
 )
 from agentidp_server.ids import now_ms
 from agentidp_server.leases import Lease
+from agentidp_server.views import ChainReport
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP

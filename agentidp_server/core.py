@@ -86,7 +86,7 @@ def register_grant_types(idp: IdP) -> list[GrantType]:
     from agentidp_server.oauth.rfc8693 import TokenExchangeGrant
 
     grants: list[GrantType] = [ClientCredentialsGrant()]
-    handlers = idp.hooks.token_exchange_handlers(idp)
+    handlers = idp._hooks.token_exchange_handlers(idp)
     if handlers:  # RFC 8693 is served (and advertised) only with someone to decide
         grants.append(TokenExchangeGrant(handlers))
     return grants

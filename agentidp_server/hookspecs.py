@@ -21,7 +21,7 @@ Rules that hold for every hook:
   inactive, and `audit_event`, whose failure is retried.
 * Implementations of one hook run in pluggy's order: `tryfirst=True` first,
   `trylast=True` last, the others the kernel first, then plugins by
-  entry-point name, then plugins added later (`idp.hooks.add`). Where two
+  entry-point name, then plugins added later (`Hooks.add`). Where two
   collide (a claim, a scalar metadata field) the later one is blamed or
   dropped. `wrapper`/`hookwrapper` implementations are refused when loaded or
   added (a wrapper would see coroutines, not results).

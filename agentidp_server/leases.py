@@ -23,7 +23,31 @@ if TYPE_CHECKING:
     from agentidp_server.storage.db import Connection
 
 
+class Leases:
+    """`idp.leases`: named leases shared by every process of the deployment.
+
+    A plugin prefixes its lease names with its own name (`"webhooks:deliver"`):
+    the namespace is shared with the kernel's (`audit-integrity`, ...).
+    """
+
+    def __init__(self, idp: IdP) -> None:
+        self._idp = idp
+
+    def lease(self, name: str, ttl_ms: int = 10_000) -> Lease:
+        """A handle on the lease `name` for this process; nothing is taken until
+        `acquire()`. Keep the handle: its holder id is what fences later writes."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ValueError("a lease name is a non-empty string of at most 200 characters")
+        if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms < 1000:
+            raise ValueError("ttl_ms must be an integer of at least 1000")
+        return Lease(self._idp, name, ttl_ms)
+
+
 class Lease:
+    """One process's handle on a named lease: `acquire` (take or renew), `keep`
+    (renew when a third has passed), `kept_alive` (renew while a block runs),
+    `held_in` (a fenced check inside a transaction) and `release`."""
+
     def __init__(self, idp: IdP, name: str, ttl_ms: int = 10_000) -> None:
         self._idp = idp  # storage opens after the services are built: look it up per call
         self.name = name

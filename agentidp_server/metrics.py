@@ -36,6 +36,7 @@ from agentidp_server import request_scope
 from agentidp_server.background import BackgroundTask
 from agentidp_server.hookspecs import hookimpl
 from agentidp_server.openapi import document_raw_response
+from agentidp_server.runtime import runtime
 from agentidp_server.settings import Setting
 
 if TYPE_CHECKING:
@@ -223,8 +224,8 @@ def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
         multiprocess_mode="livesum",
     )
     queried, commanded = labelled(queries), labelled(commands)
-    idp.query_observer = lambda operation, seconds: queried(operation).observe(seconds)
-    idp.command_observer = lambda command, seconds: commanded(command).observe(seconds)
+    runtime(idp).query_observer = lambda operation, seconds: queried(operation).observe(seconds)
+    runtime(idp).command_observer = lambda command, seconds: commanded(command).observe(seconds)
     state = idp.state.setdefault("core", {})
     state["http_metrics"] = (labelled(requests), labelled(duration))
     state["pool_metrics"] = [active, waiting, None]  # the gauges and the stats they show

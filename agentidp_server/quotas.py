@@ -23,10 +23,11 @@ from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server import request_scope, tenants
+from agentidp_server import ids, request_scope, tenants
 from agentidp_server.storage.errors import StorageUnavailable
 from agentidp_server.storage.kv import Counter, Guard
 from agentidp_server.tenants import TIERS
+from agentidp_server.views import Usage
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -316,6 +317,40 @@ class Quotas:
         if org_id not in memo:
             memo[org_id] = await tenants.get_tier(self.idp.db, org_id) or "free"
         return memo[org_id]
+
+    async def usage(self, org_id: str) -> Usage:
+        """The organisation's counters as they stand (read only, nothing is counted):
+        today's API calls and tokens against its tier's daily limits, and the tokens
+        of this month summed over its clients' monthly counters (one kv round trip)."""
+        now = ids.now_ms()
+        tier = await tenants.get_tier(self.idp.db, org_id) or "free"
+        client_ids = [
+            str(r["client_id"])
+            for r in await self.idp.db.fetch(
+                "SELECT client_id FROM agents WHERE org_id = $1 ORDER BY client_id", org_id
+            )
+        ]
+        month, _ = month_end_ms(now)
+        keys = [f"rate:tier:calls:{org_id}", f"rate:tier:tokens:{org_id}"]
+        keys += [f"monthly:{client_id}:{month}" for client_id in client_ids]
+        try:
+            values = await self.idp.kv.get_many(*keys)
+        except StorageUnavailable:
+            values, available = [None] * len(keys), False
+        else:
+            available = True
+        counts = [int(v) if v is not None else 0 for v in values]
+        return Usage(
+            org_id=org_id,
+            tier=tier,
+            api_calls_today=counts[0],
+            api_calls_daily_limit=self._limits.daily.get((tier, "calls"), 0),
+            tokens_today=counts[1],
+            tokens_daily_limit=self._limits.daily.get((tier, "tokens"), 0),
+            tokens_this_month=sum(counts[2:]),
+            resets_at=next_midnight_ms(now),
+            available=available,
+        )
 
     def remember_tier(self, org_id: str, tier: str) -> None:
         """A tier read together with something else in this request (one round trip)."""

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 
 from agentidp_server.audit import GENESIS, event_hash, verify_chain
+from agentidp_server.runtime import runtime
 from agentidp_server.testkit import admin_headers, make_agent, make_org, token
 
 
@@ -373,14 +374,14 @@ async def standalone(agentidp_settings):
     from agentidp_server.migrations import migrate
 
     idp = build_idp(agentidp_settings)
-    idp.hooks.metrics(idp, idp.registry)
-    await idp.open_storage()
-    await migrate(idp.db, idp.migration_sets())
+    idp._hooks.metrics(idp, idp.registry)
+    await runtime(idp).open_storage()
+    await migrate(idp.db, runtime(idp).migration_sets())
     await idp.keys.load(idp.db)
     try:
         yield idp
     finally:
-        await idp.close_storage()
+        await runtime(idp).close_storage()
 
 
 async def _chain_of(idp, org_id: str, events: int) -> None:
@@ -476,8 +477,8 @@ async def test_one_process_runs_the_background_check(standalone):
     gauge = "agentidp_audit_chain_integrity"
     await _chain_of(standalone, "org-l", 3)
     other = build_idp(standalone.settings)  # a second process, with its own metrics
-    other.hooks.metrics(other, other.registry)
-    await other.open_storage()
+    other._hooks.metrics(other, other.registry)
+    await runtime(other).open_storage()
     try:
         first, second = IntegrityWatch(standalone), IntegrityWatch(other)
         assert await first.round() is True
@@ -490,4 +491,4 @@ async def test_one_process_runs_the_background_check(standalone):
         assert await second.round() is None
         assert other.registry.get_sample_value(gauge) == 0
     finally:
-        await other.close_storage()
+        await runtime(other).close_storage()

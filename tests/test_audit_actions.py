@@ -10,6 +10,7 @@ import pytest
 from agentidp_server import UndeclaredAuditAction
 from agentidp_server.app import build_idp
 from agentidp_server.migrations import migrate
+from agentidp_server.runtime import runtime
 from agentidp_server.settings import KERNEL_SETTINGS, load_settings
 
 
@@ -36,13 +37,13 @@ async def test_strict_mode_is_off_by_default(agentidp_storage, tmp_path):
     assert spec.default is False
     overrides = {**agentidp_storage, "DATA_DIR": str(tmp_path)}
     idp = build_idp(load_settings(env="test", overrides=overrides, environ={}))
-    await idp.open_storage()
+    await runtime(idp).open_storage()
     try:
-        await migrate(idp.db, idp.migration_sets())
+        await migrate(idp.db, runtime(idp).migration_sets())
         event = await idp.audit.record(idp.db, org_id="org-a", action="custom.thing")
         assert event["action"] == "custom.thing"
     finally:
-        await idp.close_storage()
+        await runtime(idp).close_storage()
 
 
 def test_every_action_the_kernel_declares_has_a_description(agentidp_settings):

@@ -19,6 +19,7 @@ from agentidp_server import hookimpl
 from agentidp_server.app import build_idp
 from agentidp_server.audit_dispatch import AuditDispatcher
 from agentidp_server.migrations import migrate
+from agentidp_server.runtime import runtime
 from agentidp_server.settings import load_settings
 
 ORGS = ("org-a", "org-b")
@@ -34,13 +35,13 @@ async def processes(agentidp_settings: Any) -> AsyncIterator[list[Any]]:
     """Three IdPs over one migrated database, none with background tasks running."""
     idps = [build_idp(agentidp_settings) for _ in range(3)]
     for idp in idps:
-        await idp.open_storage()
-    await migrate(idps[0].db, idps[0].migration_sets())
+        await runtime(idp).open_storage()
+    await migrate(idps[0].db, runtime(idps[0]).migration_sets())
     try:
         yield idps
     finally:
         for idp in idps:
-            await idp.close_storage()
+            await runtime(idp).close_storage()
 
 
 async def append(idp: Any, org_id: str, count: int) -> None:
@@ -121,9 +122,9 @@ async def test_without_listeners_the_cursor_skips_ahead(
     quiet = build_idp(load_settings(env="test", overrides=overrides, environ={}))
     listener = build_idp(agentidp_settings)
     for idp in (quiet, listener):
-        await idp.open_storage()
+        await runtime(idp).open_storage()
     try:
-        await migrate(listener.db, listener.migration_sets())
+        await migrate(listener.db, runtime(listener).migration_sets())
         await append(quiet, "org-a", 3)
         # No plugin listens: nothing is read, the cursor moves to the head.
         assert await quiet.audit.dispatcher.deliver_pending() == 0
@@ -134,7 +135,7 @@ async def test_without_listeners_the_cursor_skips_ahead(
         assert delivered(listener) == [("org-a", 4)]
     finally:
         for idp in (quiet, listener):
-            await idp.close_storage()
+            await runtime(idp).close_storage()
 
 
 async def test_the_server_delivers_events_written_by_another_process(agentidp_app, processes):
@@ -169,7 +170,7 @@ class Recorder:
 
 def with_recorder(idp: Any) -> Recorder:
     recorder = Recorder()
-    idp.hooks.pm.register(recorder, name="recorder")
+    idp._hooks.pm.register(recorder, name="recorder")
     return recorder
 
 
@@ -189,7 +190,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 async def test_a_failing_consumer_is_retried_in_order_and_holds_up_no_other(processes, caplog):
     writer, server, _ = processes
     server.settings.set("AUDIT_CONSUMER_RETRY_MIN", 0)  # retry at the next round
-    server.hooks.metrics(server, server.registry)
+    server._hooks.metrics(server, server.registry)
     recorder = with_recorder(server)
     state(server)["audit_failures"] = 2
     await append(writer, "org-a", 3)

@@ -15,17 +15,18 @@ async def test_lookups_are_scoped_and_keys_are_public(agentidp_client, agentidp_
     agent, secret = await make_agent(agentidp_client, headers)
     agent_id = agent["agent_id"]
 
-    assert (await directory.get(agent_id))["client_id"] == agent["client_id"]
-    assert (await directory.by_client_id(agent["client_id"]))["agent_id"] == agent_id
-    assert (await directory.get_in_org(acme["org_id"], agent_id))["name"] == "worker"
+    assert (await directory.get(agent_id)).client_id == agent["client_id"]
+    assert (await directory.by_client_id(agent["client_id"])).agent_id == agent_id
+    assert (await directory.get_in_org(acme["org_id"], agent_id)).name == "worker"
     assert await directory.get_in_org(other["org_id"], agent_id) is None
     assert await directory.get("no-such-agent") is None
-    assert await directory.organisation(acme["org_id"]) == {
-        "org_id": acme["org_id"],
-        "name": "Acme",
-        "tier": "pro",
-    }
-    assert directory.public_view(await directory.get(agent_id)) == agent
+    organisation = await directory.organisation(acme["org_id"])
+    assert (organisation.org_id, organisation.name, organisation.tier) == (
+        acme["org_id"],
+        "Acme",
+        "pro",
+    )
+    assert (await directory.get(agent_id)).public() == agent
 
     # A client secret is not a public key; a registered JWK is, without private parts.
     assert await directory.public_keys(agent_id) == []
@@ -38,7 +39,7 @@ async def test_lookups_are_scoped_and_keys_are_public(agentidp_client, agentidp_
     )
     assert response.status_code == 201
     (key,) = await directory.public_keys(agent_id)
-    assert key["credential_id"] == (await response.get_json())["credential_id"]
-    assert (key["jwk"]["x"], key["jwk"]["y"]) == (jwk["x"], jwk["y"])
-    assert "d" not in key["jwk"]
-    assert secret["credential_id"] != key["credential_id"]
+    assert key.credential_id == (await response.get_json())["credential_id"]
+    assert (key.jwk["x"], key.jwk["y"]) == (jwk["x"], jwk["y"])
+    assert "d" not in key.jwk
+    assert secret["credential_id"] != key.credential_id

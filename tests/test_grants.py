@@ -196,7 +196,7 @@ class UnknownMethodGrant:
 )
 def test_client_auth_method_contract_breaches_stop_startup(tmp_path, plugin, message):
     idp = build_idp(settings_for(tmp_path))
-    idp.hooks.add(plugin, "rogue")
+    idp._hooks.add(plugin, "rogue")
     with pytest.raises(PluginError, match=message):
         create_app(idp=idp)
 

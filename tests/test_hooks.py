@@ -31,6 +31,7 @@ from agentidp_server import (
 from agentidp_server.app import build_idp, create_app
 from agentidp_server.migrations import migrate
 from agentidp_server.plugins import REGISTERED_CLAIMS, RESPONSE_FIELDS, PluginError
+from agentidp_server.runtime import runtime
 from agentidp_server.settings import SettingsError, load_settings
 from agentidp_server.testkit import basic, make_org, token
 
@@ -68,7 +69,7 @@ def test_register_settings(tmp_path):
     idp = build_idp(settings_for(tmp_path))
     assert idp.settings.HELLO_GREETING == "hello"
     assert idp.settings.HELLO_TASK_INTERVAL == 0.05
-    assert "HELLO_GREETING" in [spec.key for _, spec in idp.hooks.settings()]
+    assert "HELLO_GREETING" in [spec.key for _, spec in idp._hooks.settings()]
     with pytest.raises(SettingsError, match="HELLO_GREETING must be a string, got 42"):
         build_idp(settings_for(tmp_path, HELLO_GREETING=42))
 
@@ -86,7 +87,7 @@ async def test_register_blueprints(agentidp_client, agentidp_idp):
 
 
 async def test_register_migrations(agentidp_client, agentidp_idp):
-    assert [s.name for s in agentidp_idp.migration_sets()] == ["core", "hello"]
+    assert [s.name for s in runtime(agentidp_idp).migration_sets()] == ["core", "hello"]
     count = await agentidp_idp.db.fetchval("SELECT COUNT(*) FROM hello_rows")
     assert count == 1
     rows = await (await agentidp_client.get("/hello/rows")).get_json()
@@ -218,15 +219,15 @@ class ClashingAction:
 
 async def test_register_audit_actions(tmp_path):
     idp = build_idp(settings_for(tmp_path))
-    actions = idp.hooks.audit_actions(idp)
+    actions = idp._hooks.audit_actions(idp)
     assert actions["hello.greeted"] == AuditAction(
         "hello.greeted", "Someone was greeted (test fixture)"
     )
     assert "token.issued" in actions  # the kernel declares its own through the same hook
 
-    idp.hooks.pm.register(ClashingAction(), name="clash")
+    idp._hooks.pm.register(ClashingAction(), name="clash")
     with pytest.raises(PluginError, match=r"audit action 'token\.issued' is already declared"):
-        idp.hooks.audit_actions(idp)
+        idp._hooks.audit_actions(idp)
 
 
 def test_a_duplicate_audit_action_stops_startup_even_when_not_strict(tmp_path):
@@ -297,7 +298,7 @@ class Second:
 
 def with_second(tmp_path: Path) -> Any:
     idp = build_idp(settings_for(tmp_path))
-    idp.hooks.add(Second(idp), "second")
+    idp._hooks.add(Second(idp), "second")
     return idp
 
 
@@ -314,11 +315,11 @@ async def test_lifespan(tmp_path):
 
 async def test_token_claims(agentidp_idp):
     context = {"grant_type": "client_credentials", "claims": {"sub": "agent-1"}}
-    assert await agentidp_idp.hooks.token_claims(agentidp_idp, context) == {"hello": "hello"}
+    assert await agentidp_idp._hooks.token_claims(agentidp_idp, context) == {"hello": "hello"}
     for claim in sorted(REGISTERED_CLAIMS):
         state(agentidp_idp)["extra_claims"] = {claim: "forged"}
         with pytest.raises(PluginError, match=rf"plugin 'hello' may not set .*'{claim}'"):
-            await agentidp_idp.hooks.token_claims(agentidp_idp, context)
+            await agentidp_idp._hooks.token_claims(agentidp_idp, context)
 
 
 async def test_token_response(agentidp_client, agentidp_idp):
@@ -340,7 +341,7 @@ async def test_token_response(agentidp_client, agentidp_idp):
     for field in sorted(RESPONSE_FIELDS):
         state(agentidp_idp)["extra_response"] = {field: "forged"}
         with pytest.raises(PluginError, match=rf"plugin 'hello' may not set .*'{field}'"):
-            await agentidp_idp.hooks.token_response(agentidp_idp, context)
+            await agentidp_idp._hooks.token_response(agentidp_idp, context)
 
 
 async def test_token_status(agentidp_client, agentidp_idp):
@@ -367,13 +368,13 @@ async def test_token_status(agentidp_client, agentidp_idp):
 
 async def test_discovery_metadata(tmp_path):
     idp = with_second(tmp_path)
-    merged = await idp.hooks.discovery_metadata(idp)
+    merged = await idp._hooks.discovery_metadata(idp)
     # Lists merge without duplicates; a clashing scalar keeps the first plugin's value.
     assert merged["grant_types_supported"] == [GRANT_TYPE, "client_credentials"]
     assert merged["hello_endpoint"] == f"{idp.issuer}/hello"
     assert merged["second_endpoint"] == "https://second.example/"
     disabled = build_idp(settings_for(tmp_path, HELLO_ENABLED=False))
-    assert "hello_endpoint" not in await disabled.hooks.discovery_metadata(disabled)
+    assert "hello_endpoint" not in await disabled._hooks.discovery_metadata(disabled)
 
 
 async def test_discovery_metadata_is_served(agentidp_client, agentidp_idp):
@@ -386,17 +387,17 @@ async def test_discovery_metadata_is_served(agentidp_client, agentidp_idp):
 async def test_audit_event(tmp_path, caplog):
     idp = with_second(tmp_path)
     create_app(idp=idp)  # configures the kernel's loggers, as at startup
-    await idp.open_storage()
+    await runtime(idp).open_storage()
     logging.getLogger("agentidp.audit").addHandler(caplog.handler)
     try:
-        await migrate(idp.db, idp.migration_sets())
+        await migrate(idp.db, runtime(idp).migration_sets())
         for _ in (1, 2):
             async with idp.db.transaction() as conn:
                 await idp.audit.append(conn, org_id="org-a", action="agent.changed")
         assert await idp.audit.dispatcher.deliver_pending() == 2
     finally:
         logging.getLogger("agentidp.audit").removeHandler(caplog.handler)
-        await idp.close_storage()
+        await runtime(idp).close_storage()
     # The failing plugin is isolated: hello still receives every event, in order.
     assert [e["seq"] for e in state(idp)["audit"]] == [1, 2]
     # The other is held at its first event, to be retried after its backoff.

@@ -73,21 +73,21 @@ class TicketGrant:
             raise OAuthError("invalid_grant", "unknown ticket")
         idp = request.idp
         agent = await idp.agents.get(ticket["agent_id"])
-        if agent is None or agent["status"] != "active":
+        if agent is None or agent.status != "active":
             raise OAuthError("invalid_grant", "the ticket's agent is not active")
         access, claims = await idp.tokens.mint(
             agent=agent,
             credential_id=ticket["credential_id"],
             client_id=ticket["client_id"],
-            scopes=sorted(agent["scopes"]),
+            scopes=sorted(agent.scopes),
             audience=idp.tokens.default_audience(),
             grant_type=TICKET_GRANT,
         )
         await idp.audit.record(
             idp.db,
-            org_id=agent["org_id"],
+            org_id=agent.org_id,
             action=REDEEMED,
-            actor=Actor(client_id=ticket["client_id"], agent_id=agent["agent_id"]),
+            actor=Actor(client_id=ticket["client_id"], agent_id=agent.agent_id),
             target_type="token",
             target_id=claims["jti"],
         )

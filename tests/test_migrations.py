@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from agentidp_server.migrations import MigrationError, MigrationSet, migrate, status
+from agentidp_server.runtime import runtime
 from agentidp_server.storage import open_database
 from agentidp_server.storage.db import Database, lock_key
 
@@ -379,7 +380,7 @@ def expected_migrations(env: dict[str, str], dialect: str) -> list[tuple[str, st
     idp = build_idp(load_settings(environ=env))
     return [
         (m.migration_set, m.name, m.sql)
-        for s in idp.migration_sets()
+        for s in runtime(idp).migration_sets()
         for m in s.migrations(dialect)
     ]
 

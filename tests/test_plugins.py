@@ -23,6 +23,7 @@ from quart import Blueprint, jsonify
 from agentidp_server import Setting, hookimpl, hookspecs
 from agentidp_server.app import build_idp, create_app
 from agentidp_server.plugins import PluginError, load_plugins
+from agentidp_server.runtime import runtime
 from agentidp_server.settings import SettingsError, load_settings
 from agentidp_server.testkit import module_imported_by_app
 
@@ -141,9 +142,9 @@ async def test_disabled_route_is_404(agentidp_client, agentidp_idp):
 
 
 def test_disabled_migration_set_is_absent(tmp_path):
-    assert [s.name for s in build_idp(settings_for(tmp_path)).migration_sets()] == ["core"]
+    assert [s.name for s in runtime(build_idp(settings_for(tmp_path))).migration_sets()] == ["core"]
     enabled = build_idp(settings_for(tmp_path, HELLO_ENABLED=True))
-    assert [s.name for s in enabled.migration_sets()] == ["core", "hello"]
+    assert [s.name for s in runtime(enabled).migration_sets()] == ["core", "hello"]
 
 
 @pytest.mark.parametrize(("enabled", "imported"), [("false", False), ("true", True)])
@@ -161,7 +162,7 @@ def test_disabled_plugin_is_never_imported(enabled, imported):
 )
 def test_other_spellings_enable_the_plugin(tmp_path, environ):
     idp = build_idp(settings_for(tmp_path, environ))
-    assert "hello" in idp.hooks.enabled
+    assert "hello" in idp._hooks.enabled
     assert idp.settings.HELLO_GREETING == "hello"
 
 
@@ -177,7 +178,7 @@ def test_settings_file_enables_the_plugin(tmp_path, toml):
 
 def test_nested_variable_false_keeps_it_disabled(tmp_path):
     idp = build_idp(settings_for(tmp_path, {"PLUGINS__HELLO__ENABLED": "false"}))
-    assert "hello" not in idp.hooks.enabled
+    assert "hello" not in idp._hooks.enabled
 
 
 # The contract -------------------------------------------------------------
@@ -312,15 +313,15 @@ async def test_hookimpl_order_is_pluggys(tmp_path, publish):
     )
     names = {f"{n.upper()}_ENABLED": True for n in ("aaa", "bbb", "ccc", "ddd")}
     idp = build_idp(settings_for(tmp_path, **names))
-    merged = await idp.hooks.discovery_metadata(idp)
+    merged = await idp._hooks.discovery_metadata(idp)
     # tryfirst first, trylast last, the others kernel first then by entry-point name.
     assert merged["call_order"] == ["ccc", "bbb", "ddd", "aaa"]
     # ... which is the order pluggy itself calls them in.
-    native = idp.hooks.pm.hook.discovery_metadata(idp=idp)
+    native = idp._hooks.pm.hook.discovery_metadata(idp=idp)
     assert [f["call_order"][0] for f in native if "call_order" in f] == merged["call_order"]
     # A plugin added later is called after the others, as if its name sorted last.
-    idp.hooks.add(_ordered("late"), "late")
-    assert (await idp.hooks.discovery_metadata(idp))["call_order"] == [
+    idp._hooks.add(_ordered("late"), "late")
+    assert (await idp._hooks.discovery_metadata(idp))["call_order"] == [
         "ccc", "bbb", "ddd", "late", "aaa"
     ]  # fmt: skip
 

@@ -233,7 +233,7 @@ def unsigned_jwt(claims: dict[str, Any]) -> str:
 async def test_a_handler_keyed_by_issuer_gets_only_that_issuers_tokens(tmp_path):
     idp = build_idp(settings_for(tmp_path, DELEGATION_ENABLED=True))
     partner = PartnerHandler()
-    idp.hooks.add(partner, "partner")
+    idp._hooks.add(partner, "partner")
     app = create_app(idp=idp)
     async with app.test_app():
         client = app.test_client()
@@ -270,7 +270,7 @@ class SecondDelegation:
 
 def test_two_handlers_for_one_subject_token_type_stop_startup(tmp_path):
     idp = build_idp(settings_for(tmp_path, DELEGATION_ENABLED=True))
-    idp.hooks.add(SecondDelegation(), "rogue")
+    idp._hooks.add(SecondDelegation(), "rogue")
     message = (
         f"plugin 'rogue': subject_token_type '{ACCESS_TOKEN_TYPE}' is already handled by "
         "'delegation'"

@@ -104,7 +104,7 @@ class Served:
 async def served(agentidp_storage: dict[str, Any], tmp_path: Path) -> AsyncIterator[Served]:
     people = People()
     idp = build_idp(settings_on(agentidp_storage, tmp_path))
-    idp.hooks.add(people, "people")
+    idp._hooks.add(people, "people")
     app = create_app(idp=idp)
     async with app.test_app() as test_app:
         yield Served(idp, test_app.test_client(), people)
@@ -291,7 +291,7 @@ async def test_an_agent_token_claiming_the_agent_kind_is_not_trusted(served):
     org = await make_org(idp)
     admin = await idp.agents.by_client_id(org["client_id"])
     row = await idp.db.fetchrow(
-        "SELECT credential_id FROM credentials WHERE agent_id = $1", admin["agent_id"]
+        "SELECT credential_id FROM credentials WHERE agent_id = $1", admin.agent_id
     )
     token, _ = await idp.tokens.mint(
         agent=admin,
@@ -325,7 +325,7 @@ class Kinds:
 
 def test_the_kernel_serves_the_agent_kind(tmp_path):
     idp = build_idp(embedded_settings(tmp_path))
-    assert list(idp.hooks.subject_kinds(idp)) == ["agent"]
+    assert list(idp._hooks.subject_kinds(idp)) == ["agent"]
 
 
 @pytest.mark.parametrize(
@@ -333,8 +333,8 @@ def test_the_kernel_serves_the_agent_kind(tmp_path):
 )
 def test_a_kind_registered_twice_stops_startup(tmp_path, second, owner):
     idp = build_idp(embedded_settings(tmp_path))
-    idp.hooks.add(Kinds("person"), "people")
-    idp.hooks.add(second, "second")
+    idp._hooks.add(Kinds("person"), "people")
+    idp._hooks.add(second, "second")
     name = second.names[0]
     with pytest.raises(
         PluginError,
@@ -346,7 +346,7 @@ def test_a_kind_registered_twice_stops_startup(tmp_path, second, owner):
 @pytest.mark.parametrize("name", ["", "Person", "a person", "x" * 33, "9lives"])
 def test_a_badly_named_kind_stops_startup(tmp_path, name):
     idp = build_idp(embedded_settings(tmp_path))
-    idp.hooks.add(Kinds(name), "people")
+    idp._hooks.add(Kinds(name), "people")
     with pytest.raises(PluginError, match=r"plugin 'people': subject kind name .* must be"):
         create_app(idp=idp)
 

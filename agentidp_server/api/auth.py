@@ -13,6 +13,7 @@ from agentidp_server.audit import Actor
 from agentidp_server.http import ApiError
 from agentidp_server.idp import current_idp
 from agentidp_server.oauth.rfc9068 import InvalidToken
+from agentidp_server.views import Principal
 
 # ApiError is re-exported for the route modules.
 __all__ = ["ApiError", "principal", "principal_actor", "principal_org", "require_scope"]
@@ -53,7 +54,9 @@ def require_scope(scope: str | None) -> Callable[[F], F]:
                     {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
                 )
             await idp.quotas.admit(str(claims["client_id"]), str(claims["org_id"]))
-            g.principal = claims
+            # verify() found the subject active, so its kind is known (None only in a race).
+            kind = await idp.agents.kind(str(claims["sub"])) or "agent"
+            g.principal = Principal.from_claims(claims, kind)
             return await view(*args, **kwargs)
 
         # The OpenAPI document names the bearer scheme and, as OpenAPI 3.1 allows, the scope.
@@ -63,16 +66,18 @@ def require_scope(scope: str | None) -> Callable[[F], F]:
     return decorate
 
 
-def principal() -> dict[str, Any]:
-    """The verified claims of the current request's access token."""
-    claims: dict[str, Any] = g.principal
-    return claims
+def principal() -> Principal:
+    """The authenticated caller of the current request (inside `require_scope`)."""
+    caller: Principal = g.principal
+    return caller
 
 
 def principal_org() -> str:
-    return str(g.principal["org_id"])
+    """The caller's organisation: every object the request touches belongs to it."""
+    return principal().org_id
 
 
 def principal_actor() -> Actor:
     """The authenticated caller, as an audit actor."""
-    return Actor(client_id=str(g.principal["client_id"]), agent_id=str(g.principal["sub"]))
+    caller = principal()
+    return Actor(client_id=caller.client_id, agent_id=caller.agent_id)

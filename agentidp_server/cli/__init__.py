@@ -12,6 +12,7 @@ import click
 from agentidp_server.app import build_idp
 from agentidp_server.idp import IdP
 from agentidp_server.plugins import PluginError, load_plugins
+from agentidp_server.runtime import runtime
 from agentidp_server.settings import SettingsError, load_settings
 
 FAILED = "Failed to start server: Error: "
@@ -49,21 +50,21 @@ async def open_idp(
 
     idp = load_idp(overrides)
     if not managed:
-        await idp.open_storage()
+        await runtime(idp).open_storage()
         try:
             yield idp
         finally:
-            await idp.close_storage()
+            await runtime(idp).close_storage()
         return
     try:
-        await idp.open_storage()
+        await runtime(idp).open_storage()
         try:
             if idp.settings.MIGRATE_ON_START:
                 # As `serve` does (on in development): `orgs create` works on a fresh clone.
-                await migrate(idp.db, idp.migration_sets())
+                await migrate(idp.db, runtime(idp).migration_sets())
             yield idp
         finally:
-            await idp.close_storage()
+            await runtime(idp).close_storage()
     except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
         raise
     except Exception as error:

@@ -8,7 +8,6 @@ import sys
 
 import click
 
-from agentidp_server.audit import verify_all
 from agentidp_server.cli import open_idp
 
 
@@ -25,7 +24,8 @@ def verify(org_id: str | None) -> None:
     async def main() -> list[dict[str, object]]:
         async with open_idp() as idp:
             await idp.keys.load(idp.db)
-            return [r.as_dict() for r in await verify_all(idp.db, org_id, idp.keys)]
+            reports = [await idp.audit.verify(org_id)] if org_id else await idp.audit.verify_all()
+            return [r.as_dict() for r in reports]
 
     reports = asyncio.run(main())
     for report in reports:

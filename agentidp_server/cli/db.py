@@ -10,6 +10,7 @@ import click
 
 from agentidp_server.cli import cli, open_idp
 from agentidp_server.migrations import migrate, status
+from agentidp_server.runtime import runtime
 from agentidp_server.settings import load_settings
 from agentidp_server.startup import MIGRATION_FAILED, describe
 
@@ -34,7 +35,7 @@ def migrate_cmd() -> None:
 
     async def main() -> None:
         async with open_idp(managed=False) as idp:
-            applied = await migrate(idp.db, idp.migration_sets())
+            applied = await migrate(idp.db, runtime(idp).migration_sets())
         for m in applied:
             click.echo(f"applied {m.migration_set}/{m.name}")
         click.echo(f"{len(applied)} migration(s) applied")
@@ -48,7 +49,7 @@ def status_cmd() -> None:
 
     async def main() -> None:
         async with open_idp(managed=False) as idp:
-            rows = await status(idp.db, idp.migration_sets())
+            rows = await status(idp.db, runtime(idp).migration_sets())
         for row in rows:
             when = (
                 datetime.fromtimestamp(row.applied_at / 1000, UTC).isoformat(timespec="seconds")

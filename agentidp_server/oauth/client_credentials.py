@@ -49,7 +49,7 @@ class ClientCredentialsGrant:
         """Every refusal of this grant (no I/O): the scopes and audience to issue."""
         client = request.authenticated_client
         # An admin also holds every enabled plugin's admin scopes (collected once per app).
-        allowed = request.idp.hooks.scopes(request.idp).allowed(client.agent)
+        allowed = request.idp._hooks.scopes(request.idp).allowed(client.agent)
         scopes = requested_scopes(request.params.get("scope"), allowed)
         audience = resource_audience(
             request.params.get("resource"), request.idp.tokens.default_audience()

@@ -123,7 +123,7 @@ async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
         if client is not None:
             await idp.quotas.refund_prepaid(client.client_id, client.org_id)
         raise
-    if "access_token" in body and idp.hooks.implemented("token_response"):
+    if "access_token" in body and idp._hooks.implemented("token_response"):
         context = {
             "agent": client.agent if client is not None else None,
             "grant_type": grant_type,
@@ -133,7 +133,7 @@ async def issue(idp: IdP, params: dict[str, str]) -> dict[str, Any]:
             # The issued token itself: an OIDC id_token's at_hash hashes it (OIDC Core §3.1.3.6).
             "access_token": body["access_token"],
         }
-        body.update(await idp.hooks.token_response(idp, context))
+        body.update(await idp._hooks.token_response(idp, context))
     counter = idp.state["core"].get("tokens_issued")
     if counter is not None:
         counter(body.get("scope", "")).inc()
@@ -213,10 +213,10 @@ async def metadata(idp: IdP) -> dict[str, Any]:
         "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": list(DEFAULT_METHODS),
         "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "scopes_supported": idp.hooks.scopes(idp).supported,
+        "scopes_supported": idp._hooks.scopes(idp).supported,
         "access_token_signing_alg_values_supported": sorted({k.alg for k in idp.keys.published()}),
     }
-    extra = await idp.hooks.discovery_metadata(idp)
+    extra = await idp._hooks.discovery_metadata(idp)
     for name, value in extra.items():
         if name in fields and not isinstance(fields[name], list):
             continue  # a plugin cannot redefine the kernel's scalar fields

@@ -20,6 +20,7 @@ from agentidp_server.ids import new_id, now_ms
 from agentidp_server.oauth.jws_parts import unverified_part
 from agentidp_server.storage.errors import Conflict, StorageUnavailable
 from agentidp_server.subjects import AGENT, SUBJECT_KIND_CLAIM, Subject, SubjectKind
+from agentidp_server.views import Agent
 
 log = logging.getLogger("agentidp.tokens")
 
@@ -127,7 +128,7 @@ class TokenService:
     async def mint(
         self,
         *,
-        agent: dict[str, Any],
+        agent: dict[str, Any] | Agent,
         credential_id: str,
         client_id: str,
         scopes: list[str],
@@ -154,7 +155,7 @@ class TokenService:
     async def mint(
         self,
         *,
-        agent: dict[str, Any] | None = None,
+        agent: dict[str, Any] | Agent | None = None,
         subject: Subject | None = None,
         credential_id: str | None = None,
         client_id: str | None = None,
@@ -183,6 +184,8 @@ class TokenService:
             )
         if subject is not None or credential_id is None or client_id is None:
             raise TypeError("mint(agent=...) takes its client's client_id and credential_id only")
+        if isinstance(agent, Agent):  # a plugin's typed view; the token endpoint passes rows
+            agent = agent.as_row()
         # The hot path (client credentials, benchmarked): no Subject is built for it.
         # Every grant mints here, so every token is counted against the tier (and the
         # runbook's monthly counter) before it exists: here, or with its request's admission.
@@ -207,7 +210,7 @@ class TokenService:
             }
             claims.update(extra or {})
             context = {"agent": agent, "grant_type": grant_type, "claims": dict(claims)}
-            claims.update(await self.idp.hooks.token_claims(self.idp, context))
+            claims.update(await self.idp._hooks.token_claims(self.idp, context))
             token = self.idp.keys.sign(claims, TOKEN_TYPE)
             # The token is returned only once its issuance event has committed.
             await self.idp.audit.record(
@@ -235,7 +238,7 @@ class TokenService:
 
     def subject_kinds(self) -> Mapping[str, SubjectKind]:
         """Every served subject kind by name (collected once per app, at startup)."""
-        return self.idp.hooks.subject_kinds(self.idp)
+        return self.idp._hooks.subject_kinds(self.idp)
 
     async def _mint_subject(
         self,
@@ -252,9 +255,10 @@ class TokenService:
         """A token for a subject that is not an agent row the caller holds."""
         if subject.kind == AGENT:
             # A mapped local agent: its row, read once, so hooks see what they always see.
-            agent = await self.idp.agents.get_in_org(subject.org_id, subject.subject_id)
-            if agent is None or agent["status"] != "active":
+            view = await self.idp.agents.get_in_org(subject.org_id, subject.subject_id)
+            if view is None or view.status != "active":
                 raise ValueError(f"agent {subject.subject_id} is not an active agent of its org")
+            agent = view.as_row()
             if credential_id is None:
                 raise ValueError("an agent's token needs the credential_id it is bound to")
             return await self.mint(
@@ -302,7 +306,7 @@ class TokenService:
                 "grant_type": grant_type,
                 "claims": dict(claims),
             }
-            claims.update(await self.idp.hooks.token_claims(self.idp, context))
+            claims.update(await self.idp._hooks.token_claims(self.idp, context))
             token = self.idp.keys.sign(claims, TOKEN_TYPE)
             await self.idp.audit.record(
                 self.idp.db,
@@ -375,8 +379,8 @@ class TokenService:
             reason = await self._subject_reason(kind, claims)
         if reason is not None:
             raise InvalidToken(reason)
-        if self.idp.hooks.implemented("token_status"):
-            reason = await self.idp.hooks.token_status(self.idp, claims)
+        if self.idp._hooks.implemented("token_status"):
+            reason = await self.idp._hooks.token_status(self.idp, claims)
             if reason is not None:
                 raise InvalidToken(reason)
         return claims

@@ -108,9 +108,9 @@ async def status(idp: IdP, claims: Mapping[str, Any]) -> str | None:
     issued_at = issued_at_ms(claims)  # `tokens_valid_after` is unix ms
     for actor_id in actors(claims.get("act")):
         agent = await idp.agents.get(actor_id)
-        if agent is None or agent["status"] != "active" or agent["org_id"] != claims["org_id"]:
+        if agent is None or not agent.is_active or agent.org_id != claims["org_id"]:
             return "An agent in the token's delegation chain is not active"
-        cutoff = agent.get("tokens_valid_after")
+        cutoff = agent.tokens_valid_after
         # As the kernel does for `sub`: a suspension outlives reactivation for older tokens.
         if cutoff is not None and issued_at <= valid_after_ms(int(cutoff)):
             return "Token was issued before an agent in its delegation chain was suspended"

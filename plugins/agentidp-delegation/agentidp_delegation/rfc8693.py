@@ -181,7 +181,7 @@ class DelegationExchange:
         subject_agent = await idp.agents.get_in_org(client.org_id, str(subject["sub"]))
         if delegator is None or subject_agent is None:
             raise OAuthError("invalid_grant", "the delegator is not an agent of this organisation")
-        grant, narrowed = _first_fitting(exchange, subject, candidates, delegator["scopes"])
+        grant, narrowed = _first_fitting(exchange, subject, candidates, list(delegator.scopes))
         now = int(time.time())
         bound = int(subject["exp"])
         if grant["expires_at"] is not None:
@@ -201,7 +201,7 @@ class DelegationExchange:
         # client_id and credential_id are the actor's: it holds the token, may revoke it,
         # and revoking its credential ends it (RFC 8693 §4.3, RFC 9068 §2.2).
         token, claims = await idp.tokens.mint(
-            agent=subject_agent,
+            agent=subject_agent.as_row(),  # mint still takes the row dict
             credential_id=client.credential_id,
             client_id=client.client_id,
             scopes=narrowed.scopes,

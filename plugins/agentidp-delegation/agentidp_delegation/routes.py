@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentidp_server import (
+    Agent,
     ApiError,
     IdP,
+    Principal,
     current_idp,
     document_errors,
     principal,
@@ -131,29 +133,27 @@ def view(grant: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _caller(idp: IdP) -> dict[str, Any]:
-    """The calling agent (or admin client), acting for itself only."""
-    claims = principal()
-    if "act" in claims or chains.CHAIN_CLAIM in claims:
+async def _caller(idp: IdP) -> Principal:
+    """The calling agent (or admin client), acting for itself only. The kernel has
+    verified that the token's subject is an active agent of the token's organisation."""
+    caller = principal()
+    if caller.delegated or chains.CHAIN_CLAIM in caller.claims:
         raise ApiError(
             403, "FORBIDDEN", "a delegated token cannot manage delegations; use your own token"
         )
-    caller = await idp.agents.get(str(claims["sub"]))
-    if caller is None or caller["org_id"] != principal_org():
-        raise ApiError(403, "FORBIDDEN", "the caller is not an agent of this organisation")
     return caller
 
 
-def _is_admin(caller: Mapping[str, Any]) -> bool:
-    return bool(caller["kind"] == "admin")
+def _is_admin(caller: Principal) -> bool:
+    return caller.is_admin
 
 
-async def _visible_grant(idp: IdP, caller: Mapping[str, Any], delegation_id: str) -> dict[str, Any]:
+async def _visible_grant(idp: IdP, caller: Principal, delegation_id: str) -> dict[str, Any]:
     """The grant if the caller may see it; otherwise 404, as for another organisation's."""
     grant = await store.get_grant(idp.db, principal_org(), delegation_id)
     if grant is None:
         raise _not_found()
-    if not _is_admin(caller) and caller["agent_id"] not in (
+    if not _is_admin(caller) and caller.agent_id not in (
         grant["delegator_id"],
         grant["delegatee_id"],
     ):
@@ -225,13 +225,13 @@ def _validate(idp: IdP, body: Any) -> dict[str, Any]:
     }
 
 
-async def _party(idp: IdP, org_id: str, role: str, agent_id: str) -> dict[str, Any]:
+async def _party(idp: IdP, org_id: str, role: str, agent_id: str) -> Agent:
     """An active agent of the organisation (another organisation's answers 404)."""
     agent = await idp.agents.get_in_org(org_id, agent_id)
     if agent is None:
         raise ApiError(404, "NOT_FOUND", f"{role} not found")
-    if agent["status"] != "active":
-        raise ApiError(409, "CONFLICT", f"the {role} is {agent['status']}")
+    if not agent.is_active:
+        raise ApiError(409, "CONFLICT", f"the {role} is {agent.status}")
     return agent
 
 
@@ -245,17 +245,17 @@ async def create() -> tuple[Response, int]:
     idp = current_idp()
     caller = await _caller(idp)
     fields = _validate(idp, await request.get_json(force=True, silent=True))
-    if not _is_admin(caller) and caller["agent_id"] != fields["delegator_id"]:
+    if not _is_admin(caller) and caller.agent_id != fields["delegator_id"]:
         raise ApiError(
             403, "FORBIDDEN", "only the delegator itself or an organisation admin may grant"
         )
     org_id = principal_org()
     delegator = await _party(idp, org_id, "delegator", fields["delegator_id"])
     await _party(idp, org_id, "delegatee", fields["delegatee_id"])
-    held = set(delegator["scopes"])
+    held = set(delegator.scopes)
     if not _is_admin(caller):
         # The delegator's own token: it may give no more than that token carries.
-        held &= set(str(principal().get("scope", "")).split())
+        held &= caller.scopes
     missing = sorted(set(fields["scopes"]) - held)
     if missing:
         raise _bad(f"scopes not held by the delegator: {' '.join(missing)}")
@@ -264,7 +264,7 @@ async def create() -> tuple[Response, int]:
         "delegation_id": store.new_id(),
         "org_id": org_id,
         "status": "active",
-        "created_by": caller["agent_id"],
+        "created_by": caller.agent_id,
         "created_at": store.now_ms(),
         "revoked_at": None,
     }
@@ -312,7 +312,7 @@ async def list_() -> Response:
         page, cursor = await store.list_grants(
             idp.db,
             principal_org(),
-            party=None if _is_admin(caller) else caller["agent_id"],
+            party=None if _is_admin(caller) else caller.agent_id,
             status=status,
             delegator_id=args.get("delegator"),
             delegatee_id=args.get("delegatee"),

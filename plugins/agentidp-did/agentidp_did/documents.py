@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from agentidp_server import Agent, Credential
+
 from agentidp_did.identifiers import agent_did, did_key, did_web
 
 DID_CONTEXT = "https://www.w3.org/ns/did/v1"
@@ -90,10 +92,9 @@ def server_document(issuer: str, jwks: Mapping[str, Any]) -> dict[str, Any]:
     return document
 
 
-def agent_card_url(agent: Mapping[str, Any]) -> str | None:
+def agent_card_url(agent: Agent) -> str | None:
     """The agent's A2A agent card URL from its metadata, if it is an absolute http(s) URL."""
-    metadata = agent.get("metadata")
-    value = metadata.get(A2A_METADATA_KEY) if isinstance(metadata, Mapping) else None
+    value = agent.metadata.get(A2A_METADATA_KEY)
     if not isinstance(value, str):
         return None
     try:
@@ -103,12 +104,10 @@ def agent_card_url(agent: Mapping[str, Any]) -> str | None:
     return value if parts.scheme in ("https", "http") and parts.netloc else None
 
 
-def agent_document(
-    issuer: str, agent: Mapping[str, Any], keys: Iterable[Mapping[str, Any]]
-) -> dict[str, Any]:
+def agent_document(issuer: str, agent: Agent, keys: Iterable[Credential]) -> dict[str, Any]:
     """An agent's DID document from its registered `private_key_jwt` keys."""
-    did = agent_did(issuer, str(agent["agent_id"]))
-    jwks = [k["jwk"] for k in keys]
+    did = agent_did(issuer, agent.agent_id)
+    jwks = [k.public_jwk() for k in keys]
     document: dict[str, Any] = {
         "@context": [DID_CONTEXT, JWS_2020_CONTEXT],
         "id": did,
@@ -128,21 +127,21 @@ def agent_document(
     return document
 
 
-def is_deactivated(agent: Mapping[str, Any]) -> bool:
+def is_deactivated(agent: Agent) -> bool:
     """Suspended and decommissioned agents' DIDs are deactivated."""
-    return agent.get("status") != "active"
+    return not agent.is_active
 
 
-def tombstone(issuer: str, agent: Mapping[str, Any]) -> dict[str, Any]:
+def tombstone(issuer: str, agent: Agent) -> dict[str, Any]:
     """What the public did.json shows of a deactivated agent: its id, no keys, no services."""
-    return {"@context": [DID_CONTEXT], "id": agent_did(issuer, str(agent["agent_id"]))}
+    return {"@context": [DID_CONTEXT], "id": agent_did(issuer, agent.agent_id)}
 
 
-def resolution_result(document: dict[str, Any], agent: Mapping[str, Any]) -> dict[str, Any]:
+def resolution_result(document: dict[str, Any], agent: Agent) -> dict[str, Any]:
     """A DID Resolution Result (DID Resolution §Resolution Result, DID Core §7.1.2/§7.1.3)."""
     metadata: dict[str, Any] = {
-        "created": _iso(agent.get("created_at")),
-        "updated": _iso(agent.get("updated_at")),
+        "created": _iso(agent.created_at),
+        "updated": _iso(agent.updated_at),
     }
     if is_deactivated(agent):
         metadata["deactivated"] = True

@@ -55,7 +55,7 @@ async def agent_did_document(agent_id: str) -> Response:
     """
     idp = current_idp()
     agent = await idp.agents.get(agent_id)
-    if agent is None or agent.get("kind") != "agent":
+    if agent is None or agent.is_admin:
         raise ApiError(404, "NOT_FOUND", "no DID for this agent")
     count_document(idp)
     if documents.is_deactivated(agent):

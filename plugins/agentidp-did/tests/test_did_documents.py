@@ -167,7 +167,7 @@ async def test_unknown_agent_and_admin_client_are_404(agentidp_client, agentidp_
     assert (await agentidp_client.get("/agents/no-such-agent/did.json")).status_code == 404
     org = await make_org(agentidp_idp)
     admin = await agentidp_idp.agents.by_client_id(org["client_id"])
-    assert (await agentidp_client.get(f"/agents/{admin['agent_id']}/did.json")).status_code == 404
+    assert (await agentidp_client.get(f"/agents/{admin.agent_id}/did.json")).status_code == 404
 
 
 async def _deactivated(client: Any, agent_id: str, did: str) -> dict[str, Any]:

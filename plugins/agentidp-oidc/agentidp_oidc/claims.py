@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agentidp_server import IdP
+from agentidp_server import Agent, IdP
 
 # The claims of an id_token (OIDC Core §2) this plugin issues.
 ID_TOKEN_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash")
@@ -16,20 +16,17 @@ AGENT_CLAIMS = ("name", "owner", "deployment_env", "org_id", "org_name", "update
 TOKEN_CLAIMS = ("did", "act")
 
 
-async def agent_claims(
-    idp: IdP, agent: Mapping[str, Any], access_claims: Mapping[str, Any]
-) -> dict[str, Any]:
+async def agent_claims(idp: IdP, agent: Agent, access_claims: Mapping[str, Any]) -> dict[str, Any]:
     """The subject's identity claims, as the id_token and userinfo give them."""
-    organisation = await idp.agents.organisation(str(agent["org_id"]))
-    updated_at = agent.get("updated_at")
+    organisation = await idp.agents.organisation(agent.org_id)
     values: dict[str, Any] = {
-        "name": agent.get("name"),
-        "owner": agent.get("owner"),
-        "deployment_env": agent.get("deployment_env"),
-        "org_id": agent["org_id"],
-        "org_name": organisation["name"] if organisation else None,
+        "name": agent.name,
+        "owner": agent.owner,
+        "deployment_env": agent.deployment_env,
+        "org_id": agent.org_id,
+        "org_name": organisation.name if organisation else None,
         # OIDC Core §5.1: seconds since the epoch (the kernel keeps milliseconds).
-        "updated_at": int(updated_at) // 1000 if updated_at is not None else None,
+        "updated_at": agent.updated_at // 1000,
     }
     for name in TOKEN_CLAIMS:
         values[name] = access_claims.get(name)
@@ -47,10 +44,11 @@ def supported_claims(idp: IdP) -> list[str]:
 
 async def subject_agent(
     idp: IdP, client_agent: Mapping[str, Any], access_claims: Mapping[str, Any]
-) -> Mapping[str, Any] | None:
+) -> Agent | None:
     """The agent the access token is about: the client itself (client_credentials) or,
-    for a delegated token (RFC 8693), its `sub`; None for an admin client or another org's."""
+    for a delegated token (RFC 8693), its `sub`; None for an admin client or another org's.
+    `client_agent` is the token_claims context's row of the authenticated client."""
     subject = str(access_claims["sub"])
     if subject == client_agent.get("agent_id") and client_agent.get("kind") != "admin":
-        return client_agent
+        return Agent.from_row(client_agent)  # already read by the kernel: no second query
     return await idp.agents.get_in_org(str(access_claims["org_id"]), subject)

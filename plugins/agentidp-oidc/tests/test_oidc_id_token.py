@@ -148,11 +148,11 @@ async def test_admin_client_never_gets_an_id_token(agentidp_client, agentidp_idp
     admin = await agentidp_idp.agents.by_client_id(org["client_id"])
     now = int(time.time())
     context = {
-        "agent": admin,
+        "agent": admin.as_row(),  # the token_claims context holds the client's row
         "grant_type": "client_credentials",
         "params": {"grant_type": "client_credentials", "scope": "openid"},
         "claims": {
-            "sub": admin["agent_id"],
+            "sub": admin.agent_id,
             "org_id": org["org_id"],
             "scope": "openid",
             "iat": now,
@@ -182,7 +182,7 @@ async def test_delegated_token_describes_its_subject(agentidp_client, agentidp_i
         "act": {"sub": actor["agent_id"]},
     }
     context = {
-        "agent": actor_row,
+        "agent": actor_row.as_row(),
         "grant_type": TOKEN_EXCHANGE,
         "params": {"grant_type": TOKEN_EXCHANGE, "scope": "openid"},
         "claims": access,

@@ -163,10 +163,10 @@ class Robots:
 async def test_register_subject_kinds(tmp_path):
     idp = build_idp(settings_for(tmp_path))
     robots = Robots()
-    idp.hooks.add(robots, "robots")
+    idp._hooks.add(robots, "robots")
     app = create_app(idp=idp)
     async with app.test_app():
-        assert list(idp.hooks.subject_kinds(idp)) == ["agent", "robot"]
+        assert list(idp._hooks.subject_kinds(idp)) == ["agent", "robot"]
         org = await make_org(idp)
         access, _ = await idp.tokens.mint(
             subject=Subject("robot", "r2", org["org_id"]),
@@ -232,7 +232,7 @@ async def test_register_audit_actions(tmp_path):
 
 def test_a_duplicate_audit_action_stops_startup_even_when_not_strict(tmp_path):
     idp = build_idp(settings_for(tmp_path, AUDIT_STRICT_ACTIONS=False))  # production's default
-    idp.hooks.add(ClashingAction(), "clash")
+    idp._hooks.add(ClashingAction(), "clash")
     with pytest.raises(
         PluginError, match=r"plugin 'clash': audit action 'token\.issued' is already declared"
     ):
@@ -448,8 +448,8 @@ async def test_tryfirst_and_trylast_order_the_serving_hooks(tmp_path):
     idp = build_idp(settings_for(tmp_path))
     events = state(idp)["events"]
     # Added after hello, yet tryfirst puts "early" before it and trylast keeps "late" after.
-    idp.hooks.add(traced("late", events, trylast=True), "late")
-    idp.hooks.add(traced("early", events, tryfirst=True), "early")
+    idp._hooks.add(traced("late", events, trylast=True), "late")
+    idp._hooks.add(traced("early", events, tryfirst=True), "early")
     app = create_app(idp=idp)
     async with app.test_app():
         entered = [e for e in events if e.endswith(":enter")]
@@ -457,7 +457,7 @@ async def test_tryfirst_and_trylast_order_the_serving_hooks(tmp_path):
         context = {"grant_type": "client_credentials", "claims": {"sub": "agent-1"}}
         with pytest.raises(PluginError, match="plugin 'hello': claim 'hello' is already set by "
                            "'early'"):  # fmt: skip
-            await idp.hooks.token_claims(idp, context)
+            await idp._hooks.token_claims(idp, context)
         assert [e for e in events if e.endswith(":claims")] == ["early:claims"]
     # Exited in reverse order of entry.
     assert [e for e in events if e.endswith(":exit")] == [
@@ -489,19 +489,19 @@ class NewStyleWrapper:
 async def test_a_wrapper_added_later_is_refused_and_the_others_stay(tmp_path, plugin, hook):
     idp = build_idp(settings_for(tmp_path))
     with pytest.raises(PluginError) as raised:
-        idp.hooks.add(plugin, "rogue")
+        idp._hooks.add(plugin, "rogue")
     assert str(raised.value) == (
         f"plugin 'rogue': {hook} is marked wrapper/hookwrapper, which AgentIdP does not "
         "support (hooks may be async); use tryfirst or trylast"
     )
     # The refusal leaves the plugins already registered in place, in their order.
     context = {"grant_type": "client_credentials", "claims": {"sub": "agent-1"}}
-    assert await idp.hooks.token_claims(idp, context) == {"hello": "hello"}
-    assert "rogue" not in [name for name, _ in idp.hooks.pm.list_name_plugin()]
+    assert await idp._hooks.token_claims(idp, context) == {"hello": "hello"}
+    assert "rogue" not in [name for name, _ in idp._hooks.pm.list_name_plugin()]
 
 
 def test_a_second_plugin_of_the_same_name_is_refused_and_the_first_stays(tmp_path):
     idp = build_idp(settings_for(tmp_path))
     with pytest.raises(PluginError, match="plugin 'hello' is already registered"):
-        idp.hooks.add(traced("again", []), "hello")
-    assert [name for name, _ in idp.hooks.pm.list_name_plugin()].count("hello") == 1
+        idp._hooks.add(traced("again", []), "hello")
+    assert [name for name, _ in idp._hooks.pm.list_name_plugin()].count("hello") == 1

@@ -4,6 +4,7 @@ from agentidp_server.api.auth import principal, principal_actor, principal_org, 
 from agentidp_server.audit import Actor, AuditAction, UndeclaredAuditAction
 from agentidp_server.background import BackgroundTask
 from agentidp_server.cli import load_idp, open_idp
+from agentidp_server.clock import Clock, TestClock, now_ms, now_s
 from agentidp_server.grants import GrantType
 from agentidp_server.health import HealthCheck
 from agentidp_server.hookspecs import hookimpl
@@ -39,6 +40,7 @@ __all__ = [
     "BackgroundTask",
     "Client",
     "ClientAuthMethod",
+    "Clock",
     "ExchangedToken",
     "GrantType",
     "HealthCheck",
@@ -48,6 +50,7 @@ __all__ = [
     "OAuthError",
     "Scope",
     "Setting",
+    "TestClock",
     "TokenExchange",
     "TokenExchangeHandler",
     "TokenRequest",
@@ -60,6 +63,8 @@ __all__ = [
     "hookimpl",
     "issued_at_ms",
     "load_idp",
+    "now_ms",
+    "now_s",
     "open_idp",
     "principal",
     "principal_actor",

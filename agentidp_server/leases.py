@@ -11,12 +11,11 @@ import asyncio
 import contextlib
 import os
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from agentidp_server.ids import now_ms
+from agentidp_server.clock import monotonic, now_ms
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -48,12 +47,12 @@ class Lease:
             self.holder, now + self.ttl_ms, self.name, now,
         )  # fmt: skip
         if taken:
-            self._renewed_at = time.monotonic()
+            self._renewed_at = monotonic()
         return taken > 0
 
     async def keep(self) -> bool:
         """Renew if a third of the lease has passed (so slow work does not lose it)."""
-        if time.monotonic() - self._renewed_at < self.ttl_ms / 3000:
+        if monotonic() - self._renewed_at < self.ttl_ms / 3000:
             return True
         return await self.acquire()
 

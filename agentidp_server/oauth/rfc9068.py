@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from contextlib import suppress
 from functools import cached_property
@@ -166,7 +165,7 @@ class TokenService:
         if claims.get("iss") != self.idp.issuer:
             raise InvalidToken("Token issuer is not this server")
         exp = claims.get("exp")
-        if not isinstance(exp, int) or exp <= time.time():
+        if not isinstance(exp, int) or exp * 1000 <= now_ms():
             raise InvalidToken("Token has expired")
         for name in ("sub", "jti", "org_id", "client_id"):
             if not isinstance(claims.get(name), str):

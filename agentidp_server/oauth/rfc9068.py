@@ -14,6 +14,7 @@ from joserfc.errors import JoseError
 
 from agentidp_server import request_scope
 from agentidp_server.audit import Actor
+from agentidp_server.clock import now as clock_now
 from agentidp_server.idp import IdP
 from agentidp_server.ids import new_id, now_ms
 from agentidp_server.oauth.jws_parts import unverified_part
@@ -165,7 +166,7 @@ class TokenService:
         if claims.get("iss") != self.idp.issuer:
             raise InvalidToken("Token issuer is not this server")
         exp = claims.get("exp")
-        if not isinstance(exp, int) or exp * 1000 <= now_ms():
+        if not isinstance(exp, int) or exp <= clock_now():
             raise InvalidToken("Token has expired")
         for name in ("sub", "jti", "org_id", "client_id"):
             if not isinstance(claims.get(name), str):

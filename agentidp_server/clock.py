@@ -53,7 +53,7 @@ class TestClock:
 
     def __init__(self, start_ms: int | None = None) -> None:
         self._ms = int(time.time() * 1000) if start_ms is None else start_ms
-        self._monotonic_ms = 0
+        self._monotonic_ms = int(time.monotonic() * 1000)  # as far from 0 as the real one
 
     def time(self) -> float:
         # The middle of the current millisecond: int(time() * 1000) is then exactly

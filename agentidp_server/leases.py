@@ -29,7 +29,7 @@ class Lease:
         self.ttl_ms = ttl_ms
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._row = False
-        self._renewed_at = 0.0
+        self._renewed_at = float("-inf")  # never: the first keep() acquires
 
     async def acquire(self) -> bool:
         """Take or renew the lease; False while another live process holds it."""

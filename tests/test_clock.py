@@ -80,3 +80,11 @@ async def test_a_lease_renews_after_a_third_of_it_on_the_kernel_clock(agentidp_i
     async with agentidp_idp.db.transaction() as conn:
         assert not await lease.held_in(conn)
         assert await other.held_in(conn)
+
+
+async def test_a_lease_never_acquired_is_not_kept_by_a_fresh_clock(agentidp_idp, clock):
+    """keep() before any acquire() must take the lease, whatever the clock reads."""
+    holder = Lease(agentidp_idp, "clock-fresh", ttl_ms=3000)
+    assert await holder.acquire()
+    newcomer = Lease(agentidp_idp, "clock-fresh", ttl_ms=3000)
+    assert not await newcomer.keep()  # held by another: keep() asks the database

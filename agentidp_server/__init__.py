@@ -4,6 +4,7 @@ from agentidp_server.api.auth import principal, principal_actor, principal_org, 
 from agentidp_server.audit import Actor, AuditAction, UndeclaredAuditAction
 from agentidp_server.background import BackgroundTask
 from agentidp_server.cli import load_idp, open_idp
+from agentidp_server.clock import Clock, TestClock, now_ms, now_s
 from agentidp_server.grants import GrantType
 from agentidp_server.health import HealthCheck
 from agentidp_server.hookspecs import hookimpl
@@ -54,6 +55,7 @@ __all__ = [
     "ChainReport",
     "Client",
     "ClientAuthMethod",
+    "Clock",
     "Credential",
     "ExchangedToken",
     "GrantType",
@@ -72,6 +74,7 @@ __all__ = [
     "SigningKey",
     "Subject",
     "SubjectKind",
+    "TestClock",
     "TokenExchange",
     "TokenExchangeHandler",
     "TokenRequest",
@@ -85,6 +88,8 @@ __all__ = [
     "hookimpl",
     "issued_at_ms",
     "load_idp",
+    "now_ms",
+    "now_s",
     "open_idp",
     "principal",
     "principal_actor",

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from joserfc import jws
 from joserfc.errors import JoseError
 
+from agentidp_server.clock import now_s
 from agentidp_server.ids import now_ms
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ async def _write(
     conn: Connection | Database, keys: Keyring, org_id: str, seq: int, hash_: str, reason: str
 ) -> None:
     key = keys.signing_key()
-    payload = {"org_id": org_id, "seq": seq, "hash": hash_, "iat": int(time.time())}
+    payload = {"org_id": org_id, "seq": seq, "hash": hash_, "iat": now_s()}
     token = jws.serialize_compact(
         {"alg": key.alg, "kid": key.kid, "typ": CHECKPOINT_TYPE},
         json.dumps(payload, separators=(",", ":")),

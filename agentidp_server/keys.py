@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,7 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwk
 
 from agentidp_server import json_codec
-from agentidp_server.ids import iso
+from agentidp_server.ids import iso, now_ms
 from agentidp_server.storage.db import Database, lock_key
 from agentidp_server.storage.errors import StorageUnavailable
 
@@ -62,10 +61,6 @@ class KeyError_(Exception):
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def generate(alg: str) -> Key:
@@ -397,7 +392,7 @@ class Keyring:
         alg = self._settings.JWT_ALGORITHM
         key = generate(alg)
         key.ensure_kid()
-        now = _now_ms()
+        now = now_ms()
         delay = self._settings.KEY_ACTIVATION_DELAY if delay_s is None else delay_s
         pem = key.as_pem(private=True)
         encrypted = _fernet(self._settings.KEY_STORE_SECRET).encrypt(pem).decode()
@@ -441,7 +436,7 @@ class Keyring:
         async with db.transaction() as conn:
             count = await conn.execute(
                 "UPDATE signing_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL",
-                _now_ms(),
+                now_ms(),
                 kid,
             )
             if count:
@@ -461,7 +456,7 @@ class Keyring:
         return count > 0
 
     def states(self, now: int | None = None) -> list[tuple[SigningKey, str]]:
-        now = _now_ms() if now is None else now
+        now = now_ms() if now is None else now
         return [(k, k.state(now, self.token_ttl_ms)) for k in self._keys]
 
     def signing_key(self) -> SigningKey:

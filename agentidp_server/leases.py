@@ -11,12 +11,11 @@ import asyncio
 import contextlib
 import os
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from agentidp_server.ids import now_ms
+from agentidp_server.clock import monotonic, now_ms
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
@@ -54,7 +53,7 @@ class Lease:
         self.ttl_ms = ttl_ms
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._row = False
-        self._renewed_at = 0.0
+        self._renewed_at = float("-inf")  # never: the first keep() acquires
 
     async def acquire(self) -> bool:
         """Take or renew the lease; False while another live process holds it."""
@@ -72,12 +71,12 @@ class Lease:
             self.holder, now + self.ttl_ms, self.name, now,
         )  # fmt: skip
         if taken:
-            self._renewed_at = time.monotonic()
+            self._renewed_at = monotonic()
         return taken > 0
 
     async def keep(self) -> bool:
         """Renew if a third of the lease has passed (so slow work does not lose it)."""
-        if time.monotonic() - self._renewed_at < self.ttl_ms / 3000:
+        if monotonic() - self._renewed_at < self.ttl_ms / 3000:
             return True
         return await self.acquire()
 

@@ -17,13 +17,13 @@ open: requests go through, counted in a metric and logged once per outage.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from agentidp_server import ids, request_scope, tenants
+from agentidp_server.clock import now_ms as clock_now_ms
 from agentidp_server.storage.errors import StorageUnavailable
 from agentidp_server.storage.kv import Counter, Guard
 from agentidp_server.tenants import TIERS
@@ -185,7 +185,7 @@ class Quotas:
             f"The {tier} tier allows {counter.limit} "
             f"{'API calls' if kind == 'calls' else 'tokens'} a day; the counter resets at "
             "midnight UTC",
-            {"Retry-After": str(max(1, -(-(midnight - int(time.time() * 1000)) // 1000)))},
+            {"Retry-After": str(max(1, -(-(midnight - clock_now_ms()) // 1000)))},
         )
 
     async def admit(
@@ -205,7 +205,7 @@ class Quotas:
         `TokenService.mint` then counts nothing). The answer to the request being
         served carries the rate window's X-RateLimit headers; the window is also
         returned."""
-        now = int(time.time() * 1000)
+        now = clock_now_ms()
         rate, end = self._rate_counter(client_id, now)
         calls, tier = await self._tier_counter(org_id, "calls", now)
         guard, left_ms = None, 0
@@ -264,7 +264,7 @@ class Quotas:
 
     async def refund_token(self, client_id: str, org_id: str) -> None:
         """Give back one token counted (by `count_token` or `admit`) but not issued."""
-        counters, _ = await self._token_counters(client_id, org_id, int(time.time() * 1000))
+        counters, _ = await self._token_counters(client_id, org_id, clock_now_ms())
         await self._give_back([c.key for c in counters])
 
     async def refund_prepaid(self, client_id: str, org_id: str) -> None:
@@ -280,14 +280,14 @@ class Quotas:
     async def count_token(self, client_id: str, org_id: str) -> None:
         """Count one token in one kv step: the organisation's daily tokens
         (tier_limit_exceeded over it), then the runbook's monthly counter."""
-        now = int(time.time() * 1000)
+        now = clock_now_ms()
         counters, tier = await self._token_counters(client_id, org_id, now)
         counted = await self._count(counters)
         if counted is not None:
             await self._check_tokens(org_id, tier, counters[0], counted[1])
 
     def _auth_key(self, presented_client_id: str, address: str) -> tuple[str, int, int]:
-        now = int(time.time() * 1000)
+        now = clock_now_ms()
         window_ms = self._limits.window_ms
         window = now // window_ms
         # The presented id is attacker-chosen: normalise it and bound its length.

@@ -12,6 +12,8 @@ AGENTIDP_TEST_DATABASE_URL / AGENTIDP_TEST_REDIS_URL (defaults: the local
 servers). When they cannot be reached the `postgres` cases are skipped, unless
 AGENTIDP_TEST_REQUIRE_SERVICES=1 (CI), which makes them fail instead.
 Override `agentidp_overrides` to pass settings (e.g. `{"HELLO_ENABLED": True}`).
+`agentidp_clock` stops the kernel's clock for a test, which then moves it
+(`agentidp_clock.advance(61)`) instead of sleeping through a window or an expiry.
 """
 
 from __future__ import annotations
@@ -203,3 +205,21 @@ def agentidp_client(agentidp_app: Any) -> Any:
 @pytest.fixture
 def agentidp_idp(agentidp_app: Any) -> Any:
     return agentidp_app.app.extensions["agentidp"]
+
+
+@pytest.fixture
+def agentidp_clock() -> Iterator[Any]:
+    """A `TestClock` installed as the kernel's clock for the test, standing at the real
+    time until the test moves it (`advance`); the system clock is restored after.
+
+    It moves what the app reads (token times, key stages, leases, rate windows), not
+    Redis's key expiry, the event loop's timers or a server in another process.
+    """
+    from agentidp_server import clock
+
+    test_clock = clock.TestClock()
+    previous = clock.install(test_clock)
+    try:
+        yield test_clock
+    finally:
+        clock.install(previous)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from agentidp_server.clock import TestClock
 from agentidp_server.testing import Services, services_required
 from tests.faultproxy import FaultProxy
 
@@ -29,3 +30,9 @@ async def redis_proxy(agentidp_services: Services) -> AsyncIterator[FaultProxy]:
     _require(agentidp_services)
     async with FaultProxy.for_url(agentidp_services.redis_url) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def clock(agentidp_clock: TestClock) -> TestClock:
+    """The kernel's clock, stopped for the test (agentidp_server.testing's `agentidp_clock`)."""
+    return agentidp_clock

@@ -84,7 +84,7 @@ async def test_one_process_delivers_in_chain_order_and_resumes_from_its_cursor(p
     assert delivered(second) == [("org-b", 3)]
 
 
-async def test_a_crashed_holder_is_replaced_once_its_lease_expires(processes):
+async def test_a_crashed_holder_is_replaced_once_its_lease_expires(processes, clock):
     writer, crashed, survivor = processes
     crashed.audit.dispatcher.lease_ms = 300
     survivor.audit.dispatcher.lease_ms = 300
@@ -93,12 +93,14 @@ async def test_a_crashed_holder_is_replaced_once_its_lease_expires(processes):
     # It dies holding the lease (no drain); events keep committing meanwhile.
     await append(writer, "org-a", 2)
     assert await survivor.audit.dispatcher.deliver_pending() == 0
-    await asyncio.sleep(0.4)
+    clock.advance(0.3)  # the lease's last millisecond: still held
+    assert await survivor.audit.dispatcher.deliver_pending() == 0
+    clock.advance(ms=1)
     assert await survivor.audit.dispatcher.deliver_pending() == 2
     assert delivered(survivor) == [("org-a", 3), ("org-a", 4)]
 
 
-async def test_a_stalled_holder_cannot_move_the_cursor_after_losing_its_lease(processes):
+async def test_a_stalled_holder_cannot_move_the_cursor_after_losing_its_lease(processes, clock):
     writer, stalled, successor = processes
     stalled.audit.dispatcher.lease_ms = 300
     await append(writer, "org-a", 2)
@@ -106,7 +108,7 @@ async def test_a_stalled_holder_cannot_move_the_cursor_after_losing_its_lease(pr
     (hello,) = stalled.audit.dispatcher.consumers()
     await stalled.audit.dispatcher._register(hello)
     assert await hello.lease.acquire()
-    await asyncio.sleep(0.4)
+    clock.advance(0.301)
     assert await successor.audit.dispatcher.acquire()
     # The stalled process wakes up: its cursor writes are fenced off by the leases.
     assert not await stalled.audit.dispatcher._advance("org-a", 2)

@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio as redis
 
 from agentidp_server.app import create_app
+from agentidp_server.clock import TestClock, now_ms
 from agentidp_server.settings import load_settings
 from agentidp_server.testing import Services
 from agentidp_server.testkit import admin_headers, basic, make_org, token
@@ -56,22 +57,20 @@ only_postgres = pytest.mark.parametrize("agentidp_backend", ["postgres"])
 only_sqlite = pytest.mark.parametrize("agentidp_backend", ["sqlite"])
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+async def fresh_window(window_ms: int, room_ms: int) -> int:
+    """Wait (at most `room_ms`) until at least `room_ms` of a window are left; its number.
 
-
-async def fresh_window(window_ms: int, room_ms: int | None = None) -> int:
-    """Wait (at most one window) until at least `room_ms` of a window are left; its number.
-
-    Without `room_ms`, wait for the start of the next window."""
+    For the tests the kernel's clock cannot serve: Redis's own TTLs, other processes."""
     left = window_ms - now_ms() % window_ms
-    if room_ms is None or left < room_ms:
+    if left < room_ms:
         await asyncio.sleep(left / 1000 + 0.03)
     return now_ms() // window_ms
 
 
-async def sleep_until(deadline_ms: int) -> None:
-    await asyncio.sleep(max(0, deadline_ms - now_ms()) / 1000 + 0.05)
+def next_window(clock: TestClock, window_ms: int) -> int:
+    """Move the (stopped) clock to the start of the next window; its number."""
+    clock.advance(ms=window_ms - now_ms() % window_ms)
+    return now_ms() // window_ms
 
 
 def next_midnight_ms() -> int:
@@ -159,10 +158,12 @@ async def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
 
 
 @settings_for(RATE_LIMIT_WINDOW_MS=SHORT, RATE_LIMIT_MAX=3)
-async def test_token_endpoint_window(agentidp_client: Any, agentidp_idp: Any) -> None:
+async def test_token_endpoint_window(
+    agentidp_client: Any, agentidp_idp: Any, clock: TestClock
+) -> None:
     org = await make_org(agentidp_idp)
     cid, secret = org["client_id"], org["client_secret"]
-    window = await fresh_window(SHORT)
+    window = next_window(clock, SHORT)
     end_ms = (window + 1) * SHORT
     for remaining in (2, 1, 0):
         response = await token_request(agentidp_client, cid, secret)
@@ -170,18 +171,21 @@ async def test_token_endpoint_window(agentidp_client: Any, agentidp_idp: Any) ->
         assert response.headers["X-RateLimit-Limit"] == "3"
         assert response.headers["X-RateLimit-Remaining"] == str(remaining)
         assert response.headers["X-RateLimit-Reset"] == str(end_ms // 1000)
-    before = now_ms()
+    clock.advance(ms=SHORT - 1001)  # the window's last second
     response = await token_request(agentidp_client, cid, secret)
-    assert now_ms() // SHORT == window, "the requests did not fit in one window"
     await error_of(response, 429, "RATE_LIMIT_EXCEEDED")
     assert response.headers["X-RateLimit-Limit"] == "3"
     assert response.headers["X-RateLimit-Remaining"] == "0"
     assert response.headers["X-RateLimit-Reset"] == str(end_ms // 1000)
-    retry = int(response.headers["Retry-After"])
-    assert 1 <= retry <= -(-(end_ms - before) // 1000)
+    assert response.headers["Retry-After"] == "2"  # 1001 ms, rounded up
     assert sample(agentidp_idp, "agentidp_rate_limit_hits_total", {"client_id": cid}) == 1
-    # The next window admits again.
-    await sleep_until(end_ms)
+    # The window's last millisecond still refuses; the next window admits again.
+    clock.advance(ms=1000)
+    response = await token_request(agentidp_client, cid, secret)
+    await error_of(response, 429, "RATE_LIMIT_EXCEEDED")
+    assert response.headers["Retry-After"] == "1"
+    assert now_ms() // SHORT == window
+    clock.advance(ms=1)
     response = await token_request(agentidp_client, cid, secret)
     assert response.status_code == 200, await response.get_json()
     assert response.headers["X-RateLimit-Remaining"] == "2"
@@ -189,10 +193,12 @@ async def test_token_endpoint_window(agentidp_client: Any, agentidp_idp: Any) ->
 
 
 @settings_for(RATE_LIMIT_WINDOW_MS=SHORT, RATE_LIMIT_MAX=3)
-async def test_management_api_window(agentidp_client: Any, agentidp_idp: Any) -> None:
+async def test_management_api_window(
+    agentidp_client: Any, agentidp_idp: Any, clock: TestClock
+) -> None:
     org = await make_org(agentidp_idp)
     headers = await admin_headers(agentidp_client, org)  # counted in an earlier window
-    window = await fresh_window(SHORT)
+    window = next_window(clock, SHORT)
     end_ms = (window + 1) * SHORT
     for remaining in (2, 1, 0):
         response = await agentidp_client.get(AGENTS, headers=headers)
@@ -201,14 +207,14 @@ async def test_management_api_window(agentidp_client: Any, agentidp_idp: Any) ->
         assert response.headers["X-RateLimit-Remaining"] == str(remaining)
         assert response.headers["X-RateLimit-Reset"] == str(end_ms // 1000)
     response = await agentidp_client.get(AGENTS, headers=headers)
-    assert now_ms() // SHORT == window, "the requests did not fit in one window"
     await error_of(response, 429, "RATE_LIMIT_EXCEEDED")
     assert response.headers["X-RateLimit-Remaining"] == "0"
     assert response.headers["X-RateLimit-Reset"] == str(end_ms // 1000)
-    assert int(response.headers["Retry-After"]) in (1, 2)
+    assert response.headers["Retry-After"] == "2"  # at the window's start
     hits = {"client_id": org["client_id"]}
     assert sample(agentidp_idp, "agentidp_rate_limit_hits_total", hits) == 1
-    await sleep_until(end_ms)
+    assert now_ms() // SHORT == window
+    clock.advance(ms=end_ms - now_ms())
     response = await agentidp_client.get(AGENTS, headers=headers)
     assert response.status_code == 200, await response.get_json()
     assert response.headers["X-RateLimit-Remaining"] == "2"
@@ -304,14 +310,14 @@ async def test_a_token_is_counted_in_its_requests_kv_step(
 
 @settings_for(AUTH_FAILURE_LIMIT=20)
 async def test_client_id_variants_share_no_second_bucket(
-    agentidp_client: Any, agentidp_idp: Any, raw: RawKeys
+    agentidp_client: Any, agentidp_idp: Any, raw: RawKeys, clock: TestClock
 ) -> None:
     window_ms = BASE["RATE_LIMIT_WINDOW_MS"]
     org = await make_org(agentidp_idp)
     cid, secret = org["client_id"], org["client_secret"]
     assert cid == cid.lower()  # lower-case hex with letters
     assert cid != cid.upper()
-    window = await fresh_window(window_ms, room_ms=5000)
+    window = next_window(clock, window_ms)
     variants = [cid.upper(), f" {cid}", f"{cid} ", f" {cid.upper()} "]
     for variant in variants:
         for response in (
@@ -338,11 +344,13 @@ async def test_client_id_variants_share_no_second_bucket(
 
 
 @settings_for(RATE_LIMIT_WINDOW_MS=SHORT, AUTH_FAILURE_LIMIT=3)
-async def test_failed_authentication_is_limited(agentidp_client: Any, agentidp_idp: Any) -> None:
+async def test_failed_authentication_is_limited(
+    agentidp_client: Any, agentidp_idp: Any, clock: TestClock
+) -> None:
     org = await make_org(agentidp_idp)
     other = await make_org(agentidp_idp, "Other")
     cid, secret = org["client_id"], org["client_secret"]
-    window = await fresh_window(SHORT)
+    window = next_window(clock, SHORT)
     end_ms = (window + 1) * SHORT
     for _ in range(3):
         response = await token_request(agentidp_client, cid, "wrong-secret")
@@ -350,7 +358,7 @@ async def test_failed_authentication_is_limited(agentidp_client: Any, agentidp_i
     # Even the right secret is refused now, before any secret is checked.
     response = await token_request(agentidp_client, cid, secret)
     await error_of(response, 429, "RATE_LIMIT_EXCEEDED")
-    assert int(response.headers["Retry-After"]) in (1, 2)
+    assert response.headers["Retry-After"] == "2"  # at the window's start
     response = await agentidp_client.post(
         TOKEN, form={**CC, "client_id": cid, "client_secret": secret}
     )
@@ -358,8 +366,11 @@ async def test_failed_authentication_is_limited(agentidp_client: Any, agentidp_i
     # Another client from the same address is not affected.
     response = await token_request(agentidp_client, other["client_id"], other["client_secret"])
     assert response.status_code == 200
-    assert now_ms() // SHORT == window, "the requests did not fit in one window"
-    await sleep_until(end_ms)
+    clock.advance(ms=end_ms - 1 - now_ms())  # the window's last millisecond still refuses
+    response = await token_request(agentidp_client, cid, secret)
+    await error_of(response, 429, "RATE_LIMIT_EXCEEDED")
+    assert now_ms() // SHORT == window
+    clock.advance(ms=1)
     response = await token_request(agentidp_client, cid, secret)
     assert response.status_code == 200, await response.get_json()
 
@@ -604,10 +615,12 @@ async def test_a_mint_that_fails_after_counting_counts_no_token(
 
 
 @settings_for(METRICS_PER_ID_LABELS=False, RATE_LIMIT_MAX=2)
-async def test_metrics_without_id_labels(agentidp_client: Any, agentidp_idp: Any) -> None:
+async def test_metrics_without_id_labels(
+    agentidp_client: Any, agentidp_idp: Any, clock: TestClock
+) -> None:
     window_ms = BASE["RATE_LIMIT_WINDOW_MS"]
     org = await make_org(agentidp_idp)
-    window = await fresh_window(window_ms, room_ms=5000)
+    window = next_window(clock, window_ms)
     headers = await admin_headers(agentidp_client, org)  # request 1 of 2
     await preset(agentidp_idp, "calls", org["org_id"], 1000)
     response = await agentidp_client.get(AGENTS, headers=headers)  # 2 of 2, over the tier

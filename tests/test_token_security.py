@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -17,6 +16,7 @@ import pytest
 from joserfc import jwt as jose_jwt
 
 from agentidp_server import agents
+from agentidp_server.clock import now as clock_now
 from agentidp_server.oauth.rfc9068 import SIGNATURE_INVALID, SYNC_MARKER
 from agentidp_server.testkit import admin_headers, basic, make_agent, make_org, token
 
@@ -620,10 +620,11 @@ async def test_client_secret_is_never_returned_by_get(agentidp_client, tenant):
 
 
 def _iso(delta: timedelta) -> str:
-    return (datetime.now(UTC) + delta).isoformat(timespec="milliseconds")
+    now = datetime.fromtimestamp(clock_now(), UTC)  # the kernel's clock: a test may stop it
+    return (now + delta).isoformat(timespec="milliseconds")
 
 
-async def test_expired_credential_cannot_authenticate(agentidp_client, tenant):
+async def test_expired_credential_cannot_authenticate(agentidp_client, tenant, clock):
     agent_id = tenant["agent"]["agent_id"]
     path = f"/api/v1/agents/{agent_id}/credentials"
     response = await agentidp_client.post(
@@ -641,9 +642,12 @@ async def test_expired_credential_cannot_authenticate(agentidp_client, tenant):
     )
     assert response.status_code == 201
     short = await response.get_json()
-    deadline = time.time() + 2
     issued = await token(agentidp_client, short["client_id"], short["client_secret"])
-    await asyncio.sleep(max(0.0, deadline - time.time()) + 0.3)
+    clock.advance(1.999)  # the credential's last millisecond: still good
+    assert "access_token" in await token(
+        agentidp_client, short["client_id"], short["client_secret"]
+    )
+    clock.advance(ms=1)
     status, body = await token_error(
         agentidp_client,
         form={"grant_type": "client_credentials"},

@@ -10,7 +10,6 @@ import base64
 import hmac
 import json
 import math
-import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
@@ -21,6 +20,7 @@ from joserfc.errors import JoseError
 
 from agentidp_server import agents, credentials, request_scope
 from agentidp_server.audit import Actor
+from agentidp_server.clock import now as clock_now
 from agentidp_server.http import hostile
 from agentidp_server.idp import IdP
 from agentidp_server.ids import hash_secret
@@ -363,7 +363,7 @@ def _finite_number(value: Any) -> TypeGuard[int | float]:
 async def _check_assertion_claims(
     idp: IdP, claims: dict[str, Any], client_id: str, endpoint: str
 ) -> None:
-    now = time.time()
+    now = clock_now()
     # RFC 7523 §3: iss and sub are the client_id; aud names this server.
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
         raise invalid_client(False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from contextlib import suppress
 from functools import cached_property
@@ -15,6 +14,7 @@ from joserfc.errors import JoseError
 
 from agentidp_server import request_scope
 from agentidp_server.audit import Actor
+from agentidp_server.clock import now as clock_now
 from agentidp_server.idp import IdP
 from agentidp_server.ids import new_id, now_ms
 from agentidp_server.oauth.jws_parts import unverified_part
@@ -351,7 +351,7 @@ class TokenService:
         if claims.get("iss") != self.idp.issuer:
             raise InvalidToken("Token issuer is not this server")
         exp = claims.get("exp")
-        if not isinstance(exp, int) or exp <= time.time():
+        if not isinstance(exp, int) or exp <= clock_now():
             raise InvalidToken("Token has expired")
         for name in ("sub", "jti", "org_id", "client_id"):
             if not isinstance(claims.get(name), str):

@@ -8,7 +8,6 @@ active delegation grant from the current holder of the subject's authority to B.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from agentidp_server import (
     InvalidToken,
     OAuthError,
     TokenExchange,
+    now_s,
 )
 
 from agentidp_delegation import chains, store
@@ -182,7 +182,7 @@ class DelegationExchange:
         if delegator is None or subject_agent is None:
             raise OAuthError("invalid_grant", "the delegator is not an agent of this organisation")
         grant, narrowed = _first_fitting(exchange, subject, candidates, list(delegator.scopes))
-        now = int(time.time())
+        now = now_s()
         bound = int(subject["exp"])
         if grant["expires_at"] is not None:
             bound = min(bound, int(grant["expires_at"]) // 1000)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+# The kernel's clock (tests stop and move it); the plugin's modules read it as store.now_ms.
+from agentidp_server import now_ms as now_ms
 
 _GRANT_COLUMNS = (
     "delegation_id, org_id, delegator_id, delegatee_id, scopes, audience, expires_at, "
@@ -23,10 +25,6 @@ class Executor(Protocol):
     async def fetchrow(self, sql: str, *args: Any) -> Any: ...
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
     async def execute(self, sql: str, *args: Any) -> int: ...
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def new_id() -> str:

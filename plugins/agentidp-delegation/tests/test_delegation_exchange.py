@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -231,11 +230,13 @@ async def test_missing_grant_is_invalid_grant(agentidp_client, agentidp_idp):
     )
 
 
-async def test_expired_subject_token_is_invalid_grant(agentidp_client, agentidp_idp):
+async def test_expired_subject_token_is_invalid_grant(
+    agentidp_client, agentidp_idp, agentidp_clock
+):
     w = await make_world(agentidp_client, agentidp_idp, "AB")
     a, b = w.agents["A"], w.agents["B"]
     await grant(agentidp_client, w.admin, a, b, ["read"])
-    subject, _ = await agentidp_idp.tokens.mint(
+    subject, claims = await agentidp_idp.tokens.mint(
         agent=a.agent,
         credential_id=a.credential["credential_id"],
         client_id=a.client_id,
@@ -244,7 +245,8 @@ async def test_expired_subject_token_is_invalid_grant(agentidp_client, agentidp_
         grant_type="client_credentials",
         lifetime=1,
     )
-    await asyncio.sleep(1.2)
+    # Expired from the instant exp names (RFC 7519 §4.1.4: "on or after").
+    agentidp_clock.advance(ms=claims["exp"] * 1000 - agentidp_clock.now_ms())
     status, body = await exchange_raw(agentidp_client, b, subject)
     assert (status, body["error"]) == (400, "invalid_grant")
     assert "expired" in body["error_description"]

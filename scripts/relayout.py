@@ -175,6 +175,12 @@ def rewrite_from_imports(source: str, moves: dict[str, str]) -> str:
     return "".join(lines)
 
 
+def text_from_import(match: re.Match[str], moves: dict[str, str]) -> str:
+    parent, _, leaf = f"{PACKAGE}.{moves[match.group(1)]}".rpartition(".")
+    local = match.group(2) or match.group(1)
+    return f"from {parent} import {leaf}" + ("" if local == leaf else f" as {local}")
+
+
 def tracked_text_files(root: Path) -> list[Path]:
     files = []
     for name in git(root, "ls-files").splitlines():
@@ -199,6 +205,10 @@ def main() -> int:
         return 0
 
     dotted, paths = dotted_pattern(moves), path_pattern(moves)
+    names = "|".join(re.escape(m) for m in sorted(moves, key=len, reverse=True))
+    text_import = re.compile(
+        rf"\bfrom {PACKAGE} import ({names})(?: as (\w+))?(?![\w,])(?!\s*\()(?!\s*\\)"
+    )
     # A bare `audit_pg.py` in prose is rewritten only where no other kernel file has that name.
     basenames = [p.name for p in (root / PACKAGE).rglob("*.py")]
     unique = {old: new for old, new in moves.items() if basenames.count(f"{old}.py") == 1}
@@ -217,6 +227,8 @@ def main() -> int:
             for node in ast.walk(ast.parse(new)):
                 if isinstance(node, ast.ImportFrom) and node.level:
                     print(f"relayout: warning: relative import in {path.relative_to(root)}")
+        # The same form in code that is text: `python -c` snippets, docs, fixtures' sources.
+        new = text_import.sub(lambda m: text_from_import(m, moves), new)
         if new != text:
             path.write_text(new, encoding="utf-8")
             if path.suffix == ".py":

@@ -176,9 +176,11 @@ def rewrite_from_imports(source: str, moves: dict[str, str]) -> str:
 
 
 def text_from_import(match: re.Match[str], moves: dict[str, str]) -> str:
-    parent, _, leaf = f"{PACKAGE}.{moves[match.group(1)]}".rpartition(".")
-    local = match.group(2) or match.group(1)
-    return f"from {parent} import {leaf}" + ("" if local == leaf else f" as {local}")
+    """A whole line (a statement in a snippet, not a quotation inside other text)."""
+    parent, _, leaf = f"{PACKAGE}.{moves[match.group(2)]}".rpartition(".")
+    local = match.group(3) or match.group(2)
+    alias = "" if local == leaf else f" as {local}"
+    return f"{match.group(1)}from {parent} import {leaf}{alias}"
 
 
 def tracked_text_files(root: Path) -> list[Path]:
@@ -207,7 +209,7 @@ def main() -> int:
     dotted, paths = dotted_pattern(moves), path_pattern(moves)
     names = "|".join(re.escape(m) for m in sorted(moves, key=len, reverse=True))
     text_import = re.compile(
-        rf"\bfrom {PACKAGE} import ({names})(?: as (\w+))?(?![\w,])(?!\s*\()(?!\s*\\)"
+        rf"^(\s*)from {PACKAGE} import ({names})(?: as (\w+))?(?=[ \t]*(?:#.*)?$)", re.MULTILINE
     )
     # A bare `audit_pg.py` in prose is rewritten only where no other kernel file has that name.
     basenames = [p.name for p in (root / PACKAGE).rglob("*.py")]
@@ -227,7 +229,7 @@ def main() -> int:
             for node in ast.walk(ast.parse(new)):
                 if isinstance(node, ast.ImportFrom) and node.level:
                     print(f"relayout: warning: relative import in {path.relative_to(root)}")
-        # The same form in code that is text: `python -c` snippets, docs, fixtures' sources.
+        # The same statement as text on a line of its own: `python -c` snippets, docs.
         new = text_import.sub(lambda m: text_from_import(m, moves), new)
         if new != text:
             path.write_text(new, encoding="utf-8")

@@ -86,6 +86,7 @@ STAYS = {
     "testing",  # the pytest11 entry point third-party plugins name
     "testkit",
     "views",  # the facade's typed views (issue 16), types every capability may return
+    "runtime",  # starts and stops an IdP (storage, observers, migration sets): the frame
 }
 
 PACKAGE_DOCS = {

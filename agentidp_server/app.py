@@ -8,16 +8,15 @@ from typing import Any
 
 from quart import Quart, Response
 
-from agentidp_server import http, openapi
-from agentidp_server.background import TaskSupervisor
-from agentidp_server.grants import grant_auth_methods
 from agentidp_server.idp import IdP
-from agentidp_server.logs import configure_logging
-from agentidp_server.metrics import observe_request
-from agentidp_server.migrations import migrate, status
+from agentidp_server.oauth.grants import grant_auth_methods
 from agentidp_server.oauth.token_asgi import TokenEndpoint
 from agentidp_server.plugins import CORE, PluginError, check_switches, load_plugins
 from agentidp_server.runtime import runtime
+from agentidp_server.server import http, openapi
+from agentidp_server.server.logs import configure_logging
+from agentidp_server.server.metrics import observe_request
+from agentidp_server.server.startup import MIGRATE_HINT, StartupError, database_where, describe
 from agentidp_server.settings import (
     KERNEL_SETTINGS,
     SettingsError,
@@ -25,7 +24,8 @@ from agentidp_server.settings import (
     load_settings,
     validate,
 )
-from agentidp_server.startup import MIGRATE_HINT, StartupError, database_where, describe
+from agentidp_server.storage.migrations import migrate, status
+from agentidp_server.util.background import TaskSupervisor
 
 log = logging.getLogger("agentidp")
 # app.extensions key: the one-line reason startup failed, for the runner to print.

@@ -12,21 +12,21 @@ import click
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from quart import Blueprint
 
-from agentidp_server.agents import KERNEL_SCOPES
-from agentidp_server.background import BackgroundTask
+from agentidp_server.directory.agents import KERNEL_SCOPES
+from agentidp_server.directory.scopes import Scope
 from agentidp_server.hookspecs import hookimpl
-from agentidp_server.ids import now_ms
-from agentidp_server.metrics import labelled
-from agentidp_server.migrations import MigrationSet
-from agentidp_server.scopes import Scope
+from agentidp_server.server.metrics import labelled
 from agentidp_server.settings import KERNEL_SETTINGS, Setting
+from agentidp_server.storage.migrations import MigrationSet
+from agentidp_server.util.background import BackgroundTask
+from agentidp_server.util.ids import now_ms
 
 if TYPE_CHECKING:
-    from agentidp_server.audit import AuditAction
-    from agentidp_server.grants import GrantType
+    from agentidp_server.audit.log import AuditAction
     from agentidp_server.idp import IdP
     from agentidp_server.oauth.client_auth import ClientAuthMethod
-    from agentidp_server.subjects import SubjectKind
+    from agentidp_server.oauth.grants import GrantType
+    from agentidp_server.oauth.subjects import SubjectKind
 
 EXPIRING_WINDOW_MS = 7 * 24 * 3600 * 1000
 
@@ -75,7 +75,7 @@ def register_client_auth_methods(idp: IdP) -> list[ClientAuthMethod]:
 
 @hookimpl
 def register_audit_actions(idp: IdP) -> list[AuditAction]:
-    from agentidp_server.audit import KERNEL_ACTIONS
+    from agentidp_server.audit.log import KERNEL_ACTIONS
 
     return list(KERNEL_ACTIONS)
 
@@ -199,7 +199,7 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
             await asyncio.sleep(60)
 
     async def audit_checkpoints() -> None:
-        from agentidp_server.audit_checkpoints import checkpoint_all, prune
+        from agentidp_server.audit.checkpoints import checkpoint_all, prune
 
         while True:
             await asyncio.sleep(float(idp.settings.AUDIT_CHECKPOINT_INTERVAL))
@@ -207,7 +207,7 @@ def register_background_tasks(idp: IdP) -> list[BackgroundTask]:
             await prune(idp)
 
     async def audit_integrity() -> None:
-        from agentidp_server.audit_integrity import IntegrityWatch
+        from agentidp_server.audit.integrity import IntegrityWatch
 
         watch = IntegrityWatch(idp)
         while True:

@@ -43,17 +43,17 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from quart import Blueprint
 
-    from agentidp_server.audit import AuditAction
-    from agentidp_server.background import BackgroundTask
-    from agentidp_server.grants import GrantType
-    from agentidp_server.health import HealthCheck
+    from agentidp_server.audit.log import AuditAction
+    from agentidp_server.directory.scopes import Scope
     from agentidp_server.idp import IdP
-    from agentidp_server.migrations import MigrationSet
     from agentidp_server.oauth.client_auth import ClientAuthMethod
+    from agentidp_server.oauth.grants import GrantType
     from agentidp_server.oauth.rfc8693 import TokenExchangeHandler
-    from agentidp_server.scopes import Scope
+    from agentidp_server.oauth.subjects import SubjectKind
+    from agentidp_server.server.health import HealthCheck
     from agentidp_server.settings import Setting
-    from agentidp_server.subjects import SubjectKind
+    from agentidp_server.storage.migrations import MigrationSet
+    from agentidp_server.util.background import BackgroundTask
 
 PROJECT = "agentidp"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -34,13 +34,13 @@ class IdP:
         self._hooks = hooks
         self._db: Database | None = None
         self._kv: KV | None = None
-        from agentidp_server.audit import AuditLog
-        from agentidp_server.directory import Directory
-        from agentidp_server.keys import Keyring
-        from agentidp_server.leases import Leases
+        from agentidp_server.audit.log import AuditLog
+        from agentidp_server.directory.service import Directory
+        from agentidp_server.keys.keyring import Keyring
         from agentidp_server.oauth.rfc9068 import TokenService
-        from agentidp_server.quotas import Quotas
+        from agentidp_server.quotas.limits import Quotas
         from agentidp_server.runtime import Runtime
+        from agentidp_server.server.leases import Leases
 
         self._runtime = Runtime(self)
         self.keys = Keyring(settings)

@@ -22,16 +22,16 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from quart import Blueprint
 
-    from agentidp_server.audit import AuditAction
-    from agentidp_server.background import BackgroundTask
-    from agentidp_server.grants import GrantType
-    from agentidp_server.health import HealthCheck
+    from agentidp_server.audit.log import AuditAction
+    from agentidp_server.directory.scopes import ScopeRegistry
     from agentidp_server.idp import IdP
-    from agentidp_server.migrations import MigrationSet
     from agentidp_server.oauth.client_auth import ClientAuthMethod
+    from agentidp_server.oauth.grants import GrantType
     from agentidp_server.oauth.rfc8693 import TokenExchangeHandler
-    from agentidp_server.scopes import ScopeRegistry
-    from agentidp_server.subjects import SubjectKind
+    from agentidp_server.oauth.subjects import SubjectKind
+    from agentidp_server.server.health import HealthCheck
+    from agentidp_server.storage.migrations import MigrationSet
+    from agentidp_server.util.background import BackgroundTask
 
 log = logging.getLogger("agentidp.plugins")
 T = TypeVar("T")
@@ -41,8 +41,8 @@ CORE = "core"
 # The kernel's own capabilities, registered through the same hooks as any plugin.
 KERNEL_PLUGINS = (
     "agentidp_server.core",
-    "agentidp_server.health",
-    "agentidp_server.metrics",
+    "agentidp_server.server.health",
+    "agentidp_server.server.metrics",
 )
 # Token response fields the grant owns (RFC 6749 §5.1, RFC 8693 §2.2.1).
 RESPONSE_FIELDS = frozenset(
@@ -64,7 +64,7 @@ REGISTERED_CLAIMS = frozenset(
         "act",
         "credential_id",
         "iat_ms",  # the kernel's precise issue time (oauth/rfc9068.py ISSUED_MS)
-        "agentidp_subject_kind",  # decides how a token is verified (subjects.py)
+        "agentidp_subject_kind",  # decides how a token is verified (oauth/subjects.py)
     }
 )
 _TRUE = {"1", "true", "yes", "on"}
@@ -396,7 +396,7 @@ class Hooks:
         """Every enabled plugin's declared scopes, collected once (the token endpoint
         reads the admin set on each admin request without calling a hook)."""
         if self._scopes is None:
-            from agentidp_server.scopes import ScopeRegistry, check_scope
+            from agentidp_server.directory.scopes import ScopeRegistry, check_scope
 
             owners: dict[str, str] = {}
             declared = []
@@ -419,7 +419,7 @@ class Hooks:
         """Every enabled plugin's subject kinds by name, collected once (verification
         looks a kind up on each non-agent token without calling a hook)."""
         if self._subject_kinds is None:
-            from agentidp_server.subjects import check_kind
+            from agentidp_server.oauth.subjects import check_kind
 
             kinds: dict[str, SubjectKind] = {}
             owners: dict[str, str] = {}
@@ -455,7 +455,7 @@ class Hooks:
         return checks
 
     def background_tasks(self, idp: IdP) -> list[BackgroundTask]:
-        from agentidp_server.background import BackgroundTask
+        from agentidp_server.util.background import BackgroundTask
 
         return [
             BackgroundTask(task.name, task.run, plugin)
@@ -463,7 +463,7 @@ class Hooks:
         ]
 
     def audit_actions(self, idp: IdP) -> dict[str, AuditAction]:
-        from agentidp_server import audit  # as in background_tasks: no capability import at load
+        from agentidp_server.audit import log as audit
 
         actions: dict[str, AuditAction] = {}
         owners: dict[str, str] = {}

@@ -26,10 +26,10 @@ from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
 from hypercorn.utils import wrap_app
 
-from agentidp_server.body_timeout import BodyReadTimeout
-from agentidp_server.logs import configure_logging
-from agentidp_server.metrics import MultiprocessDir, metrics_bind
-from agentidp_server.startup import FAILED, StartupError, port_in_use
+from agentidp_server.server.body_timeout import BodyReadTimeout
+from agentidp_server.server.logs import configure_logging
+from agentidp_server.server.metrics import MultiprocessDir, metrics_bind
+from agentidp_server.server.startup import FAILED, StartupError, port_in_use
 
 log = logging.getLogger("agentidp")
 
@@ -70,7 +70,7 @@ async def _serve_uvicorn(
 ) -> None:
     import uvicorn
 
-    from agentidp_server.coalescing import CoalescingHttpToolsProtocol
+    from agentidp_server.server.coalescing import CoalescingHttpToolsProtocol
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager

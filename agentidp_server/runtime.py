@@ -13,8 +13,8 @@ from agentidp_server.storage.kv import CommandObserver
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
-    from agentidp_server.migrations import MigrationSet
     from agentidp_server.plugins import Hooks
+    from agentidp_server.storage.migrations import MigrationSet
 
 
 def storage_urls(settings: Any) -> tuple[str, str]:

@@ -547,7 +547,7 @@ def validate(settings: Any, specs: Iterable[Setting]) -> list[str]:
             message for key, message in REQUIRED_IN_PRODUCTION.items() if not settings.get(key)
         )
         problems.extend(_production_secrets(settings))
-    from agentidp_server.keys import key_setting_problems  # keys imports nothing from here
+    from agentidp_server.keys.keyring import key_setting_problems  # keys imports nothing from here
 
     problems.extend(key_setting_problems(settings))
     return problems

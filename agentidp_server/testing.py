@@ -215,7 +215,7 @@ def agentidp_clock() -> Iterator[Any]:
     It moves what the app reads (token times, key stages, leases, rate windows), not
     Redis's key expiry, the event loop's timers or a server in another process.
     """
-    from agentidp_server import clock
+    from agentidp_server.util import clock
 
     test_clock = clock.TestClock()
     previous = clock.install(test_clock)

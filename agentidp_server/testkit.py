@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from agentidp_server import agents, credentials, tenants
+from agentidp_server.directory import agents, credentials, tenants
 from agentidp_server.settings import load_settings
 
 

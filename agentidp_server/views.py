@@ -3,7 +3,7 @@
 Plugins read attributes (`agent.scopes`, `caller.kind`), never row dicts, so a
 column added or renamed in the kernel's tables does not reach them. Each view
 is built from a stored row (or verified claims) by a classmethod; none holds a
-secret (a credential's hash never leaves `credentials.py`).
+secret (a credential's hash never leaves `directory/credentials.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 
-from agentidp_server.ids import iso
+from agentidp_server.util.ids import iso
 
 AgentKind = Literal["agent", "admin"]
 T = TypeVar("T")

@@ -15,7 +15,7 @@ import argparse
 import time
 import timeit
 
-from agentidp_server import clock
+from agentidp_server.util import clock
 
 
 def direct_ms() -> int:

@@ -159,7 +159,7 @@ async def seed(database_url: str, org_id: str, start: int, stop: int) -> None:
     """Agents start..stop-1 of the bench organisation, each with one client secret."""
     import asyncpg
 
-    from agentidp_server.ids import hash_secret
+    from agentidp_server.util.ids import hash_secret
 
     conn = await asyncpg.connect(database_url)
     now = int(time.time() * 1000)

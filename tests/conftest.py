@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agentidp_server.clock import TestClock
 from agentidp_server.testing import Services, services_required
+from agentidp_server.util.clock import TestClock
 from tests.faultproxy import FaultProxy
 
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from agentidp_server.audit import GENESIS, event_hash, verify_chain
+from agentidp_server.audit.log import GENESIS, event_hash, verify_chain
 from agentidp_server.runtime import runtime
 from agentidp_server.testkit import admin_headers, make_agent, make_org, token
 
@@ -197,7 +197,7 @@ async def test_failed_authentication_is_audited(agentidp_client, agentidp_idp):
 async def test_signed_checkpoint_catches_a_truncated_tail_even_with_the_head_rewritten(
     agentidp_client, agentidp_idp
 ):
-    from agentidp_server.audit_checkpoints import checkpoint_all
+    from agentidp_server.audit.checkpoints import checkpoint_all
 
     state = await _activity(agentidp_client, agentidp_idp)
     org_id = state["org"]["org_id"]
@@ -226,7 +226,7 @@ async def test_signed_checkpoint_catches_a_truncated_tail_even_with_the_head_rew
 
 
 async def test_forged_checkpoint_is_refused(agentidp_client, agentidp_idp):
-    from agentidp_server.audit_checkpoints import checkpoint_all
+    from agentidp_server.audit.checkpoints import checkpoint_all
 
     state = await _activity(agentidp_client, agentidp_idp)
     org_id = state["org"]["org_id"]
@@ -240,7 +240,7 @@ async def test_forged_checkpoint_is_refused(agentidp_client, agentidp_idp):
 
 
 async def test_retention_prunes_and_leaves_a_verifiable_chain(agentidp_client, agentidp_idp):
-    from agentidp_server.audit_checkpoints import prune
+    from agentidp_server.audit.checkpoints import prune
 
     state = await _activity(agentidp_client, agentidp_idp)
     org_id = state["org"]["org_id"]
@@ -355,7 +355,7 @@ async def test_a_failed_group_commit_fails_only_the_bad_caller_and_half_writes_n
         idp.audit.record(idp.db, org_id="org-b", action="token.issued"),
         return_exceptions=True,
     )
-    # The batch's transaction rolled back; each event was then written alone (batching.py),
+    # The batch's transaction rolled back; each event was then written alone (storage/batching.py),
     # so org-b's failure is its caller's only (issue 25 item 2).
     assert results[0]["seq"] == 1
     assert str(results[1]) == "disk full"
@@ -371,7 +371,7 @@ async def test_a_failed_group_commit_fails_only_the_bad_caller_and_half_writes_n
 async def standalone(agentidp_settings):
     """An IdP over a migrated store with no background tasks (no app holding leases)."""
     from agentidp_server.app import build_idp
-    from agentidp_server.migrations import migrate
+    from agentidp_server.storage.migrations import migrate
 
     idp = build_idp(agentidp_settings)
     idp._hooks.metrics(idp, idp.registry)
@@ -390,7 +390,7 @@ async def _chain_of(idp, org_id: str, events: int) -> None:
 
 
 async def test_truncated_tail_is_reported_and_gauge_turns_zero(standalone, caplog):
-    from agentidp_server.audit_integrity import IntegrityWatch
+    from agentidp_server.audit.integrity import IntegrityWatch
 
     idp = standalone
     org_id = "org-c"
@@ -419,7 +419,7 @@ async def test_truncated_tail_is_reported_and_gauge_turns_zero(standalone, caplo
 
 
 async def test_background_check_sweeps_in_bounded_slices_and_holds_a_break(standalone):
-    from agentidp_server.audit_integrity import IntegrityWatch
+    from agentidp_server.audit.integrity import IntegrityWatch
 
     idp = standalone
     gauge = "agentidp_audit_chain_integrity"
@@ -445,7 +445,7 @@ async def test_background_check_sweeps_in_bounded_slices_and_holds_a_break(stand
 
 
 async def test_background_check_sees_a_cut_tail_whatever_the_sweep_position(standalone):
-    from agentidp_server.audit_integrity import IntegrityWatch
+    from agentidp_server.audit.integrity import IntegrityWatch
 
     idp = standalone
     await _chain_of(idp, "org-t", 30)
@@ -457,7 +457,7 @@ async def test_background_check_sees_a_cut_tail_whatever_the_sweep_position(stan
 
 
 async def test_background_check_keeps_up_with_a_growing_chain(standalone):
-    from agentidp_server.audit_integrity import IntegrityWatch
+    from agentidp_server.audit.integrity import IntegrityWatch
 
     idp = standalone
     await _chain_of(idp, "org-g", 5)
@@ -472,7 +472,7 @@ async def test_background_check_keeps_up_with_a_growing_chain(standalone):
 
 async def test_one_process_runs_the_background_check(standalone):
     from agentidp_server.app import build_idp
-    from agentidp_server.audit_integrity import IntegrityWatch
+    from agentidp_server.audit.integrity import IntegrityWatch
 
     gauge = "agentidp_audit_chain_integrity"
     await _chain_of(standalone, "org-l", 3)

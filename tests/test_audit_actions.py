@@ -9,9 +9,9 @@ import pytest
 
 from agentidp_server import UndeclaredAuditAction
 from agentidp_server.app import build_idp
-from agentidp_server.migrations import migrate
 from agentidp_server.runtime import runtime
 from agentidp_server.settings import KERNEL_SETTINGS, load_settings
+from agentidp_server.storage.migrations import migrate
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ from agentidp_hello import state
 
 from agentidp_server import hookimpl
 from agentidp_server.app import build_idp
-from agentidp_server.audit_dispatch import AuditDispatcher
-from agentidp_server.migrations import migrate
+from agentidp_server.audit.dispatch import AuditDispatcher
 from agentidp_server.runtime import runtime
 from agentidp_server.settings import load_settings
+from agentidp_server.storage.migrations import migrate
 
 ORGS = ("org-a", "org-b")
 

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from agentidp_server.audit import verify_chain
+from agentidp_server.audit.log import verify_chain
 from agentidp_server.storage.db import Database, open_database
 from agentidp_server.testing import DEFAULT_PG, services_required
 from tests import test_lifecycle as lifecycle

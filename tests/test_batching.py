@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agentidp_server.batching import Batcher
+from agentidp_server.storage.batching import Batcher
 from agentidp_server.storage.errors import StorageUnavailable
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agentidp_server.body_timeout import BodyReadTimeout
+from agentidp_server.server.body_timeout import BodyReadTimeout
 
 
 def _trickle(chunks: int, pause: float) -> Any:

@@ -1,4 +1,4 @@
-"""The audit hash's canonical JSON (agentidp_server/canonical_json.py) against RFC 8785.
+"""The audit hash's canonical JSON (agentidp_server/util/canonical_json.py) against RFC 8785.
 
 The `rfc8785` package is the reference: for any JSON value, the fast path must
 write the same bytes, or raise the same error where JCS has no representation.
@@ -13,7 +13,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentidp_server.canonical_json import _plain, canonical
+from agentidp_server.util.canonical_json import _plain, canonical
 
 _scalars = (
     st.none()

@@ -14,8 +14,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agentidp_server import agents, client_cache, credentials
-from agentidp_server.client_cache import CHANNEL, ClientCache
+from agentidp_server.directory import agents, credentials
+from agentidp_server.oauth import client_cache
+from agentidp_server.oauth.client_cache import CHANNEL, ClientCache
 from agentidp_server.oauth.client_lookup import ClientLookup
 from agentidp_server.testkit import admin_headers, basic, make_agent, make_org
 

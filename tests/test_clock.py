@@ -1,4 +1,4 @@
-"""The kernel's clock (agentidp_server/clock.py): a stopped test clock, and the kernel
+"""The kernel's clock (agentidp_server/util/clock.py): a stopped test clock, and the kernel
 reading it everywhere a test would otherwise sleep."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 import pytest
 
 import agentidp_server
-from agentidp_server import clock as kernel_clock
-from agentidp_server.clock import SYSTEM, TestClock, install, monotonic, now, now_ms, now_s
-from agentidp_server.leases import Lease
+from agentidp_server.server.leases import Lease
+from agentidp_server.util import clock as kernel_clock
+from agentidp_server.util.clock import SYSTEM, TestClock, install, monotonic, now, now_ms, now_s
 
 
 def test_the_system_clock_is_the_default_and_reads_the_wall_clock():

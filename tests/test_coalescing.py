@@ -1,4 +1,4 @@
-"""Headers and body in one send under uvicorn (agentidp_server/coalescing.py)."""
+"""Headers and body in one send under uvicorn (agentidp_server/server/coalescing.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from agentidp_server.coalescing import CoalescingHttpToolsProtocol, CoalescingTransport
+from agentidp_server.server.coalescing import CoalescingHttpToolsProtocol, CoalescingTransport
 
 HEADERS = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
 

@@ -29,10 +29,10 @@ from agentidp_server import (
     hookimpl,
 )
 from agentidp_server.app import build_idp, create_app
-from agentidp_server.migrations import migrate
 from agentidp_server.plugins import REGISTERED_CLAIMS, RESPONSE_FIELDS, PluginError
 from agentidp_server.runtime import runtime
 from agentidp_server.settings import SettingsError, load_settings
+from agentidp_server.storage.migrations import migrate
 from agentidp_server.testkit import basic, make_org, token
 
 INTROSPECT = "/api/v1/token/introspect"

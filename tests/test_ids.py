@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from agentidp_server.ids import new_id
+from agentidp_server.util.ids import new_id
 
 
 def test_new_id_is_a_canonical_version_4_uuid():

@@ -1,10 +1,10 @@
-"""The hot path's JSON encoder (agentidp_server/json_codec.py)."""
+"""The hot path's JSON encoder (agentidp_server/util/json_codec.py)."""
 
 from __future__ import annotations
 
 import json
 
-from agentidp_server.json_codec import dumps
+from agentidp_server.util.json_codec import dumps
 
 
 def test_compact_utf8_json() -> None:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentidp_server.app import create_app
-from agentidp_server.keys import KeyError_, Keyring
+from agentidp_server.keys.keyring import KeyError_, Keyring
 from agentidp_server.oauth.rfc9068 import SIGNATURE_INVALID
 from agentidp_server.settings import SettingsError, load_settings
 from agentidp_server.testkit import admin_headers, basic, embedded_settings, make_org, token
@@ -647,7 +647,7 @@ async def _token_from_cli_org(tmp_path: Path, org: dict[str, str], kid: str) -> 
 def test_fast_signing_path_verifies_with_independent_libraries(alg: str) -> None:
     from joserfc import jwt as jose_jwt
 
-    from agentidp_server.keys import SigningKey, generate
+    from agentidp_server.keys.keyring import SigningKey, generate
 
     key = generate(alg)
     signing = SigningKey(kid="k1", alg=alg, key=key, created_at=0, activates_at=0)

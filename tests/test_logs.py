@@ -14,7 +14,7 @@ import pytest
 from quart import jsonify, request
 
 from agentidp_server.app import create_app
-from agentidp_server.logs import redact
+from agentidp_server.server.logs import redact
 from agentidp_server.testkit import embedded_settings
 
 # The runbook's Morgan "combined" line:

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentidp_server.app import create_app
-from agentidp_server.metrics import metrics_bind
+from agentidp_server.server.metrics import metrics_bind
 from agentidp_server.settings import load_settings
 from agentidp_server.testkit import admin_headers, make_org
 from tests.test_lifecycle import Server, base_env, free_port
@@ -249,7 +249,7 @@ def test_metrics_port_setting():
     assert idp.settings.METRICS_PORT == 9100
     assert metrics_bind(idp.settings) == "0.0.0.0:9100"
     bad = load_settings(env="test", environ={"AGENTIDP_METRICS_PORT": "70000"})
-    from agentidp_server.metrics import register_settings
+    from agentidp_server.server.metrics import register_settings
 
     assert any("METRICS_PORT" in p for p in validate(bad, register_settings()))
     same = load_settings(env="test", overrides={"METRICS_PORT": 3000, "PORT": 3000}, environ={})
@@ -387,7 +387,7 @@ def test_the_supervisor_cleans_up_its_own_directory(serve, tmp_path, monkeypatch
 
 _FORKED_COUNTS = """
 import os, sys
-from agentidp_server import metrics  # installs the pid-at-fork value class
+from agentidp_server.server import metrics  # installs the pid-at-fork value class
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client import values

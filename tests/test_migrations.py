@@ -14,10 +14,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agentidp_server.migrations import MigrationError, MigrationSet, migrate, status
 from agentidp_server.runtime import runtime
 from agentidp_server.storage import open_database
 from agentidp_server.storage.db import Database, lock_key
+from agentidp_server.storage.migrations import MigrationError, MigrationSet, migrate, status
 
 POSTGRES_ONLY = pytest.mark.parametrize("agentidp_backend", ["postgres"])
 

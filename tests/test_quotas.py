@@ -1,4 +1,5 @@
-"""Rate limits, tier limits and usage counters (agentidp_server/quotas.py) against the runbook.
+"""Rate limits, tier limits and usage counters (agentidp_server/quotas/limits.py)
+against the runbook.
 
 The runbook's requirements: the 429 bodies (`RATE_LIMIT_EXCEEDED`, `tier_limit_exceeded`)
 and X-RateLimit-* / Retry-After headers, and the Redis keys an operator inspects with
@@ -25,11 +26,11 @@ import pytest
 import redis.asyncio as redis
 
 from agentidp_server.app import create_app
-from agentidp_server.clock import TestClock, now_ms
 from agentidp_server.settings import load_settings
 from agentidp_server.storage.redis_kv import BREAKER_COOLDOWN
 from agentidp_server.testing import Services
 from agentidp_server.testkit import admin_headers, basic, make_org, token
+from agentidp_server.util.clock import TestClock, now_ms
 from tests.faultproxy import FaultProxy
 
 TOKEN = "/api/v1/token"

@@ -24,7 +24,7 @@ from agentidp_server import (
 )
 from agentidp_server.app import build_idp, create_app
 from agentidp_server.plugins import PluginError
-from agentidp_server.quotas import month_end_ms
+from agentidp_server.quotas.limits import month_end_ms
 from agentidp_server.settings import load_settings
 from agentidp_server.testkit import admin_headers, basic, embedded_settings, make_agent, make_org
 

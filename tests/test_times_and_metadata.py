@@ -125,7 +125,7 @@ async def test_metadata_with_nan_or_infinity_is_a_400(
 
 
 async def test_metadata_size_is_capped(agentidp_client: Any, agentidp_idp: Any) -> None:
-    from agentidp_server.agents import METADATA_MAX_BYTES
+    from agentidp_server.directory.agents import METADATA_MAX_BYTES
 
     org = await make_org(agentidp_idp)
     headers = await admin_headers(agentidp_client, org)
@@ -150,7 +150,7 @@ async def test_metadata_size_is_capped(agentidp_client: Any, agentidp_idp: Any) 
 
 
 async def test_metadata_depth_is_capped(agentidp_client: Any, agentidp_idp: Any) -> None:
-    from agentidp_server.agents import METADATA_MAX_DEPTH
+    from agentidp_server.directory.agents import METADATA_MAX_DEPTH
 
     def nested(levels: int) -> dict[str, Any]:
         value: dict[str, Any] = {}
@@ -183,8 +183,8 @@ async def test_migration_0007_moves_tokens_valid_after_to_milliseconds(
     import shutil
     from pathlib import Path
 
-    from agentidp_server import agents, tenants
-    from agentidp_server.migrations import MigrationSet, migrate
+    from agentidp_server.directory import agents, tenants
+    from agentidp_server.storage.migrations import MigrationSet, migrate
 
     core = Path(__file__).resolve().parent.parent / "migrations" / "core"
     staged = tmp_path / "core"

@@ -15,10 +15,10 @@ import jwt
 import pytest
 from joserfc import jwt as jose_jwt
 
-from agentidp_server import agents
-from agentidp_server.clock import now as clock_now
+from agentidp_server.directory import agents
 from agentidp_server.oauth.rfc9068 import SIGNATURE_INVALID, SYNC_MARKER
 from agentidp_server.testkit import admin_headers, basic, make_agent, make_org, token
+from agentidp_server.util.clock import now as clock_now
 
 TOKEN = "/api/v1/token"
 INTROSPECT = "/api/v1/token/introspect"

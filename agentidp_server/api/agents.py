@@ -7,11 +7,11 @@ from typing import Any
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_querystring, document_response, validate_request
 
-from agentidp_server import agents
 from agentidp_server.api.auth import ApiError, principal_actor, principal_org, require_scope
 from agentidp_server.api.models import Agent, AgentCreate, AgentListQuery, AgentPage, AgentUpdate
+from agentidp_server.directory import agents
 from agentidp_server.idp import current_idp
-from agentidp_server.openapi import document_empty, document_errors
+from agentidp_server.server.openapi import document_empty, document_errors
 
 blueprint = Blueprint("agents", __name__)
 

@@ -9,9 +9,9 @@ from quart_schema import document_querystring, document_response
 
 from agentidp_server.api.auth import ApiError, principal_org, require_scope
 from agentidp_server.api.models import AuditPage, AuditQuery, ChainReport
-from agentidp_server.audit import public_view, verify_chain
+from agentidp_server.audit.log import public_view, verify_chain
 from agentidp_server.idp import current_idp
-from agentidp_server.ids import parse_iso
+from agentidp_server.util.ids import parse_iso
 
 blueprint = Blueprint("audit", __name__)
 

@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 from quart import g, request
 from quart_schema.openapi import QUART_SCHEMA_SECURITY_ATTRIBUTE
 
-from agentidp_server.audit import Actor
-from agentidp_server.http import ApiError
+from agentidp_server.audit.log import Actor
 from agentidp_server.idp import current_idp
 from agentidp_server.oauth.rfc9068 import InvalidToken
+from agentidp_server.server.http import ApiError
 from agentidp_server.views import Principal
 
 # ApiError is re-exported for the route modules.

@@ -5,12 +5,12 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify
 from quart_schema import document_response, validate_request
 
-from agentidp_server import credentials
 from agentidp_server.api.agents import agent_or_404
 from agentidp_server.api.auth import ApiError, principal_actor, require_scope
 from agentidp_server.api.models import CreatedCredential, CredentialCreate, CredentialList
+from agentidp_server.directory import credentials
 from agentidp_server.idp import current_idp
-from agentidp_server.openapi import document_empty, document_errors
+from agentidp_server.server.openapi import document_empty, document_errors
 
 blueprint = Blueprint("credentials", __name__)
 

@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict
 from quart import Blueprint, Response, abort, jsonify, request
 from quart_schema import document_response, security_scheme, validate_request
 
-from agentidp_server import tenants
 from agentidp_server.api.models import TierChanged
-from agentidp_server.http import ApiError
+from agentidp_server.directory import tenants
 from agentidp_server.idp import current_idp
-from agentidp_server.openapi import document_errors
+from agentidp_server.server.http import ApiError
+from agentidp_server.server.openapi import document_errors
 
 blueprint = Blueprint("operator", __name__)
 

@@ -45,8 +45,8 @@ async def open_idp(
     line naming the fix and exit 1, never a traceback (issue 15). `managed=False`
     (the `db` commands) neither migrates nor words the failure: the caller does.
     """
-    from agentidp_server.migrations import migrate
-    from agentidp_server.startup import describe
+    from agentidp_server.server.startup import describe
+    from agentidp_server.storage.migrations import migrate
 
     idp = load_idp(overrides)
     if not managed:

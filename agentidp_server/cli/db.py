@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import click
 
 from agentidp_server.cli import cli, open_idp
-from agentidp_server.migrations import migrate, status
 from agentidp_server.runtime import runtime
+from agentidp_server.server.startup import MIGRATION_FAILED, describe
 from agentidp_server.settings import load_settings
-from agentidp_server.startup import MIGRATION_FAILED, describe
+from agentidp_server.storage.migrations import migrate, status
 
 
 @cli.group()

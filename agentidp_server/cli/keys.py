@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from agentidp_server.cli import open_idp
-from agentidp_server.keys import PREVIOUS, KeyError_
+from agentidp_server.keys.keyring import PREVIOUS, KeyError_
 
 
 def _when(ms: int) -> str:

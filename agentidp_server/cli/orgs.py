@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import click
 
-from agentidp_server import agents, credentials, tenants
 from agentidp_server.cli import open_idp
-from agentidp_server.tenants import change_tier
+from agentidp_server.directory import agents, credentials, tenants
+from agentidp_server.directory.tenants import change_tier
 
 
 @click.group()

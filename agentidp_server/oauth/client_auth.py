@@ -18,15 +18,16 @@ from urllib.parse import unquote_plus
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
 
-from agentidp_server import agents, credentials, request_scope
-from agentidp_server.audit import Actor
-from agentidp_server.clock import now as clock_now
-from agentidp_server.http import hostile
+from agentidp_server.audit.log import Actor
+from agentidp_server.directory import agents, credentials
 from agentidp_server.idp import IdP
-from agentidp_server.ids import hash_secret
 from agentidp_server.oauth.client_lookup import ClientLookup
 from agentidp_server.oauth.errors import OAuthError, invalid_client
 from agentidp_server.oauth.jws_parts import unverified_part
+from agentidp_server.server import request_scope
+from agentidp_server.server.http import hostile
+from agentidp_server.util.clock import now as clock_now
+from agentidp_server.util.ids import hash_secret
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS256", "ES256", "EdDSA")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from agentidp_server.ids import SCOPE_TOKEN
 from agentidp_server.oauth.client_auth import DEFAULT_METHODS
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.token_request import TokenRequest
+from agentidp_server.util.ids import SCOPE_TOKEN
 
 
 def requested_scopes(raw: str | None, allowed: list[str]) -> list[str]:

@@ -4,18 +4,18 @@ Each token request needs its client's agent, secrets and tier. Requests that
 arrive while one lookup is in flight are answered by the next single query,
 so a busy worker pays one database round trip per batch. On PostgreSQL the
 answers are kept in the worker's `ClientCache`, which notifications keep true
-(client_cache.py); a request may ask for a fresh read past it.
+(oauth/client_cache.py); a request may ask for a fresh read past it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agentidp_server import agents
-from agentidp_server.agents import ClientRecord
-from agentidp_server.batching import Batcher
-from agentidp_server.client_cache import ClientCache
-from agentidp_server.ids import could_be_client_id
+from agentidp_server.directory import agents
+from agentidp_server.directory.agents import ClientRecord
+from agentidp_server.oauth.client_cache import ClientCache
+from agentidp_server.storage.batching import Batcher
+from agentidp_server.util.ids import could_be_client_id
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP

@@ -18,8 +18,7 @@ from agentidp_server.api.models import (
     TokenForm7662,
     TokenResponse,
 )
-from agentidp_server.audit import Actor
-from agentidp_server.grants import auth_methods, mints_without_io
+from agentidp_server.audit.log import Actor
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import (
     ASSERTION_ALGORITHMS,
@@ -32,10 +31,11 @@ from agentidp_server.oauth.client_auth import (
     methods_of,
 )
 from agentidp_server.oauth.errors import OAuthError
+from agentidp_server.oauth.grants import auth_methods, mints_without_io
 from agentidp_server.oauth.params import read_params
 from agentidp_server.oauth.rfc9068 import InvalidToken, access_token_claims
 from agentidp_server.oauth.token_request import TokenRequest
-from agentidp_server.openapi import document_errors
+from agentidp_server.server.openapi import document_errors
 
 blueprint = Blueprint("oauth", __name__)
 

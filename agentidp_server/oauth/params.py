@@ -6,8 +6,8 @@ from urllib.parse import parse_qsl
 
 from quart import request
 
-from agentidp_server.http import BadJson, hostile, strict_loads
 from agentidp_server.oauth.errors import OAuthError
+from agentidp_server.server.http import BadJson, hostile, strict_loads
 
 MAX_BODY = 64 * 1024
 

@@ -12,14 +12,14 @@ from typing import Any, overload
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from agentidp_server import request_scope
-from agentidp_server.audit import Actor
-from agentidp_server.clock import now as clock_now
+from agentidp_server.audit.log import Actor
 from agentidp_server.idp import IdP
-from agentidp_server.ids import new_id, now_ms
 from agentidp_server.oauth.jws_parts import unverified_part
+from agentidp_server.oauth.subjects import AGENT, SUBJECT_KIND_CLAIM, Subject, SubjectKind
+from agentidp_server.server import request_scope
 from agentidp_server.storage.errors import Conflict, StorageUnavailable
-from agentidp_server.subjects import AGENT, SUBJECT_KIND_CLAIM, Subject, SubjectKind
+from agentidp_server.util.clock import now as clock_now
+from agentidp_server.util.ids import new_id, now_ms
 from agentidp_server.views import Agent
 
 log = logging.getLogger("agentidp.tokens")

@@ -19,21 +19,22 @@ from typing import Any
 
 from quart import Quart
 
-from agentidp_server import json_codec, request_scope
-from agentidp_server.http import (
+from agentidp_server.idp import IdP
+from agentidp_server.oauth.endpoints import TOKEN_PATH, issue
+from agentidp_server.oauth.errors import OAuthError
+from agentidp_server.oauth.params import MAX_BODY, parse_params
+from agentidp_server.quotas.limits import RateLimited
+from agentidp_server.server import request_scope
+from agentidp_server.server.http import (
     Answer,
     access_line,
     rate_limited_answer,
     unavailable_answer,
     unexpected_answer,
 )
-from agentidp_server.idp import IdP
-from agentidp_server.metrics import metrics_port, observe
-from agentidp_server.oauth.endpoints import TOKEN_PATH, issue
-from agentidp_server.oauth.errors import OAuthError
-from agentidp_server.oauth.params import MAX_BODY, parse_params
-from agentidp_server.quotas import RateLimited
+from agentidp_server.server.metrics import metrics_port, observe
 from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.util import json_codec
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agentidp_server.batching import Batcher
+from agentidp_server.storage.batching import Batcher
 from agentidp_server.storage.errors import StorageUnavailable, log_outage
 from agentidp_server.storage.kv import CommandObserver, Counter, Guard
 

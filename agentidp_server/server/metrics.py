@@ -32,12 +32,12 @@ from prometheus_client import (
 from prometheus_client.openmetrics import exposition as openmetrics
 from quart import Blueprint, Response, abort, request
 
-from agentidp_server import request_scope
-from agentidp_server.background import BackgroundTask
 from agentidp_server.hookspecs import hookimpl
-from agentidp_server.openapi import document_raw_response
 from agentidp_server.runtime import runtime
+from agentidp_server.server import request_scope
+from agentidp_server.server.openapi import document_raw_response
 from agentidp_server.settings import Setting
+from agentidp_server.util.background import BackgroundTask
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP

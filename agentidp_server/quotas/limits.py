@@ -22,11 +22,13 @@ from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server import ids, request_scope, tenants
-from agentidp_server.clock import now_ms as clock_now_ms
+from agentidp_server.directory import tenants
+from agentidp_server.directory.tenants import TIERS
+from agentidp_server.server import request_scope
 from agentidp_server.storage.errors import StorageUnavailable
 from agentidp_server.storage.kv import Counter, Guard
-from agentidp_server.tenants import TIERS
+from agentidp_server.util import ids
+from agentidp_server.util.clock import now_ms as clock_now_ms
 from agentidp_server.views import Usage
 
 if TYPE_CHECKING:

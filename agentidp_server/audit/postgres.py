@@ -16,8 +16,8 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from agentidp_server.canonical_json import canonical
 from agentidp_server.storage.db import Connection, Database
+from agentidp_server.util.canonical_json import canonical
 
 # Stand-ins for the two fields only the database knows; the hash mark is
 # random per process, so no stored value can imitate it.

@@ -29,9 +29,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server.ids import now_ms
-from agentidp_server.leases import Lease
+from agentidp_server.server.leases import Lease
 from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.util.ids import now_ms
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP

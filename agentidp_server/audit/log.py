@@ -18,17 +18,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server import audit_pg, request_scope
-from agentidp_server.audit_dispatch import AuditDispatcher
-from agentidp_server.batching import Batcher
-from agentidp_server.canonical_json import canonical
-from agentidp_server.ids import iso, new_id, now_ms
+from agentidp_server.audit import postgres as audit_pg
+from agentidp_server.audit.dispatch import AuditDispatcher
+from agentidp_server.server import request_scope
+from agentidp_server.storage.batching import Batcher
 from agentidp_server.storage.db import Connection, Database
+from agentidp_server.util.canonical_json import canonical
+from agentidp_server.util.ids import iso, new_id, now_ms
 from agentidp_server.views import ChainReport
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
-    from agentidp_server.keys import Keyring
+    from agentidp_server.keys.keyring import Keyring
 
 log = logging.getLogger("agentidp.audit")
 
@@ -324,7 +325,7 @@ async def start_sweep(
     db: Database, org_id: str, keys: Keyring | None, checkpoints: list[dict[str, Any]]
 ) -> Sweep | ChainReport:
     """Where a chain begins: event 1, or after the signed checkpoint at a retention cut."""
-    from agentidp_server.audit_checkpoints import check_signature
+    from agentidp_server.audit.checkpoints import check_signature
 
     first = await db.fetchval("SELECT MIN(seq) FROM audit_events WHERE org_id = $1", org_id)
     if first is not None and first > 1:
@@ -378,7 +379,7 @@ async def check_tail(
 ) -> ChainReport | None:
     """Truncation and rewriting: the head and the newest signed checkpoint against the
     chain's last event. Cheap, so the background check runs it every round."""
-    from agentidp_server.audit_checkpoints import check_signature
+    from agentidp_server.audit.checkpoints import check_signature
 
     last_row = await db.fetchrow(
         "SELECT seq, hash FROM audit_events WHERE org_id = $1 ORDER BY seq DESC LIMIT 1", org_id

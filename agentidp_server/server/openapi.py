@@ -19,7 +19,7 @@ from quart_schema import QuartSchema, RequestSchemaValidationError, hide
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing.rules import Rule
 
-from agentidp_server.http import error_body
+from agentidp_server.server.http import error_body
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from joserfc import jws
 from joserfc.errors import JoseError
 
-from agentidp_server.clock import now_s
-from agentidp_server.ids import now_ms
+from agentidp_server.util.clock import now_s
+from agentidp_server.util.ids import now_ms
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP
-    from agentidp_server.keys import Keyring
+    from agentidp_server.keys.keyring import Keyring
     from agentidp_server.storage.db import Connection, Database
 
 log = logging.getLogger("agentidp.audit")

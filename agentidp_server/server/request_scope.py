@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agentidp_server.ids import new_id
-from agentidp_server.logs import request_id_var
+from agentidp_server.server.logs import request_id_var
+from agentidp_server.util.ids import new_id
 
 
 class Headers(Protocol):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from agentidp_server.audit import (
+from agentidp_server.audit.log import (
     Sweep,
     check_tail,
     checkpoints_of,
@@ -27,8 +27,8 @@ from agentidp_server.audit import (
     start_sweep,
     verify_chain,
 )
-from agentidp_server.ids import now_ms
-from agentidp_server.leases import Lease
+from agentidp_server.server.leases import Lease
+from agentidp_server.util.ids import now_ms
 from agentidp_server.views import ChainReport
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agentidp_server.ids import new_id, now_ms
 from agentidp_server.storage.db import Connection, Database
+from agentidp_server.util.ids import new_id, now_ms
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agentidp_server.ids import SCOPE_TOKEN
+from agentidp_server.util.ids import SCOPE_TOKEN
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import secrets
 from datetime import UTC, datetime
 
 # Re-exported: the kernel's modules read the clock through `ids.now_ms`.
-from agentidp_server.clock import now_ms as now_ms
+from agentidp_server.util.clock import now_ms as now_ms
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")

@@ -7,8 +7,8 @@ from typing import Any
 
 from joserfc import jwk
 
-from agentidp_server.ids import LATEST_MS, hash_secret, iso, new_id, new_secret, now_ms
 from agentidp_server.storage.db import Connection, Database
+from agentidp_server.util.ids import LATEST_MS, hash_secret, iso, new_id, new_secret, now_ms
 
 TYPES = ("client_secret", "private_key_jwt")
 _PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}

@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, cast
 
 import orjson
 
-from agentidp_server.ids import new_id, now_ms
 from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.util.ids import new_id, now_ms
 
 if TYPE_CHECKING:
-    from agentidp_server.agents import ClientRecord
+    from agentidp_server.directory.agents import ClientRecord
     from agentidp_server.idp import IdP
     from agentidp_server.storage.postgres import PostgresDatabase
 

@@ -29,13 +29,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwk
 
-from agentidp_server import json_codec
-from agentidp_server.ids import iso, now_ms
 from agentidp_server.storage.db import Database, lock_key
 from agentidp_server.storage.errors import StorageUnavailable
+from agentidp_server.util import json_codec
+from agentidp_server.util.ids import iso, now_ms
 
 if TYPE_CHECKING:
-    from agentidp_server.audit import AuditLog
+    from agentidp_server.audit.log import AuditLog
     from agentidp_server.storage.postgres import PostgresDatabase
 
 log = logging.getLogger("agentidp.keys")

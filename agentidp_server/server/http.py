@@ -15,9 +15,9 @@ from quart import Quart, Request, Response, jsonify, request
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
-from agentidp_server import request_scope
 from agentidp_server.oauth.errors import OAuthError
-from agentidp_server.quotas import RateLimited
+from agentidp_server.quotas.limits import RateLimited
+from agentidp_server.server import request_scope
 from agentidp_server.storage.errors import StorageUnavailable, log_outage
 
 access_log = logging.getLogger("agentidp.access")

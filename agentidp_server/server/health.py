@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from quart import Blueprint, Response, jsonify
 
 from agentidp_server.hookspecs import hookimpl
-from agentidp_server.openapi import document_raw_response
+from agentidp_server.server.openapi import document_raw_response
 from agentidp_server.storage.errors import StorageUnavailable, log_outage
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agentidp_server import agents, credentials
+from agentidp_server.directory import agents, credentials
 from agentidp_server.views import Agent, AgentKind, Credential, Organisation, Page
 
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ import json
 import math
 from typing import Any
 
-from agentidp_server.ids import could_be_client_id, new_client_id, new_id, now_ms, valid_scopes
-from agentidp_server.scopes import Scope
+from agentidp_server.directory.scopes import Scope
 from agentidp_server.storage.db import Connection, Database, Row
+from agentidp_server.util.ids import could_be_client_id, new_client_id, new_id, now_ms, valid_scopes
 
 STATUSES = ("active", "suspended", "decommissioned")
 # The management API's scopes, declared through register_scopes like a plugin's;
@@ -296,7 +296,7 @@ async def decommission_agent(conn: Connection, org_id: str, agent_id: str) -> bo
 
 
 def public_view(agent: dict[str, Any]) -> dict[str, Any]:
-    from agentidp_server.ids import iso
+    from agentidp_server.util.ids import iso
 
     return {
         "agent_id": agent["agent_id"],

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from agentidp_server.clock import monotonic, now_ms
+from agentidp_server.util.clock import monotonic, now_ms
 
 if TYPE_CHECKING:
     from agentidp_server.idp import IdP

@@ -1,0 +1,1 @@
+"""The hash-chained audit log, its delivery to consumers, integrity and checkpoints."""

@@ -1,0 +1,1 @@
+"""Organisations, agents, credentials and scopes."""

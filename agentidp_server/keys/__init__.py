@@ -1,0 +1,1 @@
+"""The signing keyring: keys in the database, rotation, the JWKS."""

@@ -1,0 +1,1 @@
+"""Rate limits, tier limits and usage counters."""

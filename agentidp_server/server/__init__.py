@@ -1,0 +1,1 @@
+"""HTTP plumbing, logs, metrics, health, OpenAPI and leases."""

@@ -1,0 +1,1 @@
+"""Helpers with no kernel dependencies: ids, JSON forms, task supervision, the clock."""

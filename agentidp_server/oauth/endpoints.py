@@ -10,14 +10,6 @@ from typing import Any
 from quart import Blueprint, Response
 from quart_schema import DataSource, document_request, document_response
 
-from agentidp_server.api.models import (
-    Empty,
-    Introspection,
-    JsonObject,
-    TokenForm,
-    TokenForm7662,
-    TokenResponse,
-)
 from agentidp_server.audit.log import Actor
 from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import (
@@ -32,6 +24,14 @@ from agentidp_server.oauth.client_auth import (
 )
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.grants import auth_methods, mints_without_io
+from agentidp_server.oauth.models import (
+    Empty,
+    Introspection,
+    JsonObject,
+    TokenForm,
+    TokenForm7662,
+    TokenResponse,
+)
 from agentidp_server.oauth.params import read_params
 from agentidp_server.oauth.rfc9068 import InvalidToken, access_token_claims
 from agentidp_server.oauth.token_request import TokenRequest

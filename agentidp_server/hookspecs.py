@@ -60,6 +60,11 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+# Beside the hooks, so a capability (oauth/grants) can raise it without importing plugins.
+class PluginError(Exception):
+    """A plugin broke the contract; the message names it."""
+
+
 # --------------------------------------------------------------------------
 # Configuration: called once settings are loaded, before anything is built.
 # --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import click
 import pluggy
 
 from agentidp_server import hookspecs
+from agentidp_server.hookspecs import PluginError as PluginError  # kept here for its importers
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.settings import Setting, apply_environment
 
@@ -68,10 +69,6 @@ REGISTERED_CLAIMS = frozenset(
     }
 )
 _TRUE = {"1", "true", "yes", "on"}
-
-
-class PluginError(Exception):
-    """A plugin broke the contract; the message names it."""
 
 
 @dataclass(frozen=True)

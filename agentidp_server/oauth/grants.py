@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from agentidp_server.hookspecs import PluginError
 from agentidp_server.oauth.client_auth import DEFAULT_METHODS, NONE
 from agentidp_server.oauth.token_request import TokenRequest
 
@@ -44,8 +45,6 @@ def grant_auth_methods(
     grants: Mapping[str, Any], registered: Mapping[str, Any]
 ) -> dict[str, frozenset[str]]:
     """Each grant's accepted methods, checked against the registered ones at startup."""
-    from agentidp_server.plugins import PluginError
-
     accepted: dict[str, frozenset[str]] = {}
     for name, grant in grants.items():
         try:

@@ -10,6 +10,7 @@ endpoint answers RFC 6749 §5.2 `{error, error_description}`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import version
 from importlib.resources import files
 from typing import Any, Literal, TypeVar
 
@@ -211,8 +212,6 @@ async def docs_asset(name: str) -> Response:
 
 
 def install(app: Quart) -> None:
-    from agentidp_server import __version__  # the package imports this module while loading
-
     app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js"
     app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = f"{DOCS_ASSETS_PATH}/swagger-ui.css"
     QuartSchema(
@@ -221,7 +220,7 @@ def install(app: Quart) -> None:
         swagger_ui_path="/docs",
         redoc_ui_path=None,
         scalar_ui_path=None,
-        info={"title": "AgentIdP", "version": __version__},
+        info={"title": "AgentIdP", "version": version("agentidp-server")},
         security_schemes={
             "bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"},
             # The server's OPERATOR_TOKEN (api/operator.py).

@@ -35,9 +35,22 @@ from agentidp_server.oauth.models import (
 from agentidp_server.oauth.params import read_params
 from agentidp_server.oauth.rfc9068 import InvalidToken, access_token_claims
 from agentidp_server.oauth.token_request import TokenRequest
+from agentidp_server.server.http import INPUT_ERRORS
 from agentidp_server.server.openapi import document_errors
 
 blueprint = Blueprint("oauth", __name__)
+
+
+def _invalid_request(message: str) -> OAuthError:
+    return OAuthError("invalid_request", message)
+
+
+# Bad input refused before a view runs is answered in OAuth's terms (RFC 6749 §5.2).
+blueprint.record_once(
+    lambda state: state.app.extensions.setdefault(INPUT_ERRORS, {}).update(
+        {blueprint.name: _invalid_request}
+    )
+)
 
 TOKEN_PATH = TOKEN_ENDPOINT_PATH  # one spelling: client assertions accept it as `aud`
 INTROSPECT_PATH = "/api/v1/token/introspect"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from agentidp_server.directory import tenants
 from agentidp_server.directory.tenants import TIERS
 from agentidp_server.server import request_scope
+from agentidp_server.server.http import RateLimited as RateLimited  # kept here for importers
 from agentidp_server.storage.errors import StorageUnavailable
 from agentidp_server.storage.kv import Counter, Guard
 from agentidp_server.util import ids
@@ -35,16 +36,6 @@ if TYPE_CHECKING:
     from agentidp_server.idp import IdP
 
 log = logging.getLogger("agentidp.quotas")
-
-
-class RateLimited(Exception):
-    """Over a limit; `code` is the runbook's (`RATE_LIMIT_EXCEEDED` or `tier_limit_exceeded`)."""
-
-    def __init__(self, code: str, message: str, headers: dict[str, str]) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.headers = headers
 
 
 @dataclass(frozen=True)

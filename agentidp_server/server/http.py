@@ -11,12 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask.json.provider import JSONProvider
-from quart import Quart, Request, Response, jsonify, request
+from quart import Quart, Request, Response, current_app, jsonify, request
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
-from agentidp_server.oauth.errors import OAuthError
-from agentidp_server.quotas.limits import RateLimited
 from agentidp_server.server import request_scope
 from agentidp_server.storage.errors import StorageUnavailable, log_outage
 
@@ -24,6 +22,9 @@ access_log = logging.getLogger("agentidp.access")
 log = logging.getLogger("agentidp")
 
 RETRY_AFTER_SECONDS = 5
+# app.extensions key: blueprint name -> the error its protocol answers bad input with
+# (the OAuth blueprint's is RFC 6749 §5.2 invalid_request); others get the API's 400.
+INPUT_ERRORS = "agentidp.input_errors"
 
 
 # Status, headers and JSON body of an answer, whichever pipeline sends it.
@@ -35,6 +36,17 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     current = request_scope.current()
     request_id = current.request_id if current is not None else None
     return {"code": code, "message": message, "request_id": request_id}
+
+
+# Raised by quotas/; defined here with its answer so the HTTP plumbing needs no quotas.
+class RateLimited(Exception):
+    """Over a limit; `code` is the runbook's (`RATE_LIMIT_EXCEEDED` or `tier_limit_exceeded`)."""
+
+    def __init__(self, code: str, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers
 
 
 def rate_limited_answer(error: RateLimited) -> Answer:
@@ -178,8 +190,9 @@ def _refuse_hostile_request() -> None:
         where = "a query parameter"
     if where is not None:
         message = f"{where} contains a NUL character or a lone surrogate"
-        if request.blueprint == "oauth":
-            raise OAuthError("invalid_request", message)
+        own_error = current_app.extensions.get(INPUT_ERRORS, {}).get(request.blueprint)
+        if own_error is not None:
+            raise own_error(message)
         raise ApiError(400, "INVALID_INPUT", message)
 
 

@@ -7,9 +7,9 @@ from functools import cached_property
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from quart import current_app
 
 from agentidp_server.plugins import Hooks
+from agentidp_server.server.context import current_idp as current_idp  # kept for importers
 from agentidp_server.settings import issuer
 from agentidp_server.storage import KV, Database
 
@@ -84,9 +84,3 @@ class IdP:
         from agentidp_server.oauth.endpoints import metadata
 
         return await metadata(self)
-
-
-def current_idp() -> IdP:
-    """The facade of the app serving the current request."""
-    idp: IdP = current_app.extensions["agentidp"]
-    return idp

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 from urllib.parse import unquote_plus
 
 from joserfc import jwk, jwt
@@ -20,7 +20,6 @@ from joserfc.errors import JoseError
 
 from agentidp_server.audit.log import Actor
 from agentidp_server.directory import agents, credentials
-from agentidp_server.idp import IdP
 from agentidp_server.oauth.client_lookup import ClientLookup
 from agentidp_server.oauth.errors import OAuthError, invalid_client
 from agentidp_server.oauth.jws_parts import unverified_part
@@ -28,6 +27,9 @@ from agentidp_server.server import request_scope
 from agentidp_server.server.http import hostile
 from agentidp_server.util.clock import now as clock_now
 from agentidp_server.util.ids import hash_secret
+
+if TYPE_CHECKING:
+    from agentidp_server.idp import IdP
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS256", "ES256", "EdDSA")

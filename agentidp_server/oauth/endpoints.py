@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response
 from quart_schema import DataSource, document_request, document_response
 
 from agentidp_server.audit.log import Actor
-from agentidp_server.idp import IdP, current_idp
 from agentidp_server.oauth.client_auth import (
     ASSERTION_ALGORITHMS,
     DEFAULT_METHODS,
@@ -35,8 +34,12 @@ from agentidp_server.oauth.models import (
 from agentidp_server.oauth.params import read_params
 from agentidp_server.oauth.rfc9068 import InvalidToken, access_token_claims
 from agentidp_server.oauth.token_request import TokenRequest
+from agentidp_server.server.context import current_idp
 from agentidp_server.server.http import INPUT_ERRORS
 from agentidp_server.server.openapi import document_errors
+
+if TYPE_CHECKING:
+    from agentidp_server.idp import IdP
 
 blueprint = Blueprint("oauth", __name__)
 

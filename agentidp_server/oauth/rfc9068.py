@@ -7,13 +7,12 @@ import logging
 from collections.abc import Mapping
 from contextlib import suppress
 from functools import cached_property
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from joserfc import jwt
 from joserfc.errors import JoseError
 
 from agentidp_server.audit.log import Actor
-from agentidp_server.idp import IdP
 from agentidp_server.oauth.jws_parts import unverified_part
 from agentidp_server.oauth.subjects import AGENT, SUBJECT_KIND_CLAIM, Subject, SubjectKind
 from agentidp_server.server import request_scope
@@ -21,6 +20,9 @@ from agentidp_server.storage.errors import Conflict, StorageUnavailable
 from agentidp_server.util.clock import now as clock_now
 from agentidp_server.util.ids import new_id, now_ms
 from agentidp_server.views import Agent
+
+if TYPE_CHECKING:
+    from agentidp_server.idp import IdP
 
 log = logging.getLogger("agentidp.tokens")
 

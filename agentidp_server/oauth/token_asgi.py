@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import Quart
 
-from agentidp_server.idp import IdP
 from agentidp_server.oauth.endpoints import TOKEN_PATH, issue
 from agentidp_server.oauth.errors import OAuthError
 from agentidp_server.oauth.params import MAX_BODY, parse_params
@@ -35,6 +34,9 @@ from agentidp_server.server.http import (
 from agentidp_server.server.metrics import metrics_port, observe
 from agentidp_server.storage.errors import StorageUnavailable
 from agentidp_server.util import json_codec
+
+if TYPE_CHECKING:
+    from agentidp_server.idp import IdP
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from quart import Blueprint, Response, jsonify
 
 from agentidp_server.hookspecs import hookimpl
+from agentidp_server.server.context import current_idp
 from agentidp_server.server.openapi import document_raw_response
 from agentidp_server.storage.errors import StorageUnavailable, log_outage
 
@@ -55,8 +56,6 @@ async def _run(check: HealthCheck, timeout: float) -> str | None:
 @document_raw_response(503, "application/json", _HEALTH_SCHEMA, "A check is failing")
 async def ready() -> tuple[Response, int]:
     """Readiness: the database, the kv store and the plugins' checks, each within a bound."""
-    from agentidp_server.idp import current_idp
-
     idp = current_idp()
     checks: list[HealthCheck] = idp.state["core"]["health_checks"]
     timeout = float(idp.settings.HEALTH_CHECK_TIMEOUT)

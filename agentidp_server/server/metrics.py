@@ -35,6 +35,7 @@ from quart import Blueprint, Response, abort, request
 from agentidp_server.hookspecs import hookimpl
 from agentidp_server.runtime import runtime
 from agentidp_server.server import request_scope
+from agentidp_server.server.context import current_idp
 from agentidp_server.server.openapi import document_raw_response
 from agentidp_server.settings import Setting
 from agentidp_server.util.background import BackgroundTask
@@ -139,8 +140,6 @@ def _request_port() -> int | None:
 @blueprint.before_app_request
 async def split_ports() -> None:
     """With METRICS_PORT set: `/metrics` only there, and nothing else there."""
-    from agentidp_server.idp import current_idp
-
     idp = current_idp()
     port = idp.state["core"].get("metrics_port")
     if port is None:
@@ -156,8 +155,6 @@ async def split_ports() -> None:
 @document_raw_response(200, "text/plain", {"type": "string"}, "Prometheus text (or OpenMetrics)")
 async def metrics() -> Response:
     """Prometheus metrics (OpenMetrics when the Accept header asks for it)."""
-    from agentidp_server.idp import current_idp
-
     idp = current_idp()
     refresh_pool(idp)
     registry = exposition_registry(idp)

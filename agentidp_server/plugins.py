@@ -41,7 +41,15 @@ ENTRY_POINT_GROUP = "agentidp"
 CORE = "core"
 # The kernel's own capabilities, registered through the same hooks as any plugin.
 KERNEL_PLUGINS = (
-    "agentidp_server.core",
+    "agentidp_server.storage.hooks",
+    "agentidp_server.server.hooks",
+    "agentidp_server.oauth.hooks",
+    "agentidp_server.keys.hooks",
+    "agentidp_server.directory.hooks",
+    "agentidp_server.audit.hooks",
+    "agentidp_server.quotas.hooks",
+    "agentidp_server.api.hooks",
+    "agentidp_server.cli.hooks",
     "agentidp_server.server.health",
     "agentidp_server.server.metrics",
 )
@@ -181,7 +189,10 @@ def load_plugins(settings: Any) -> Hooks:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     order: list[tuple[str, object]] = [
-        (f"{CORE}:{module_name.rsplit('.', 1)[-1]}", importlib.import_module(module_name))
+        (
+            f"{CORE}:{module_name.removeprefix('agentidp_server.')}",
+            importlib.import_module(module_name),
+        )
         for module_name in KERNEL_PLUGINS
     ]
     infos: list[PluginInfo] = []

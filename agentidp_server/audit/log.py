@@ -88,7 +88,7 @@ class UndeclaredAuditAction(ValueError):
     """An action no plugin declared, recorded while AUDIT_STRICT_ACTIONS is on."""
 
 
-# What the kernel records (declared through the same hook as a plugin's; core.py).
+# What the kernel records (declared through the same hook as a plugin's; audit/hooks.py).
 KERNEL_ACTIONS = (
     AuditAction("organization.created", "An organisation was created (CLI)"),
     AuditAction("tier.changed", "An organisation's tier changed (operator API)"),

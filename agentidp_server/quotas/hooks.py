@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter
 
 from agentidp_server.hookspecs import hookimpl
+from agentidp_server.quotas.limits import QuotaMetrics
 from agentidp_server.server.metrics import labelled
 
 if TYPE_CHECKING:
@@ -15,27 +16,30 @@ if TYPE_CHECKING:
 
 @hookimpl
 def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
-    state = idp.state.setdefault("core", {})
-    state["rate_limit_hits"] = Counter(
-        "agentidp_rate_limit_hits_total", "Rate limit rejections", ["client_id"], registry=registry
-    )
-    # Counted on every request: kept as a `labelled` child lookup.
-    state["tenant_api_calls"] = labelled(
-        Counter(
-            "agentidp_tenant_api_calls_total",
-            "API calls per tenant per tier",
-            ["org_id", "tier"],
+    idp.quotas.metrics = QuotaMetrics(
+        rate_limit_hits=Counter(
+            "agentidp_rate_limit_hits_total",
+            "Rate limit rejections",
+            ["client_id"],
             registry=registry,
-        )
-    )
-    state["billing_limit_rejections"] = Counter(
-        "agentidp_billing_limit_rejections_total",
-        "Tier limit enforcement rejections",
-        ["org_id", "limit_type"],
-        registry=registry,
-    )
-    state["rate_limit_fail_open"] = Counter(
-        "agentidp_rate_limit_fail_open_total",
-        "Requests let through unlimited because the kv was unavailable",
-        registry=registry,
+        ),
+        tenant_api_calls=labelled(
+            Counter(
+                "agentidp_tenant_api_calls_total",
+                "API calls per tenant per tier",
+                ["org_id", "tier"],
+                registry=registry,
+            )
+        ),
+        billing_limit_rejections=Counter(
+            "agentidp_billing_limit_rejections_total",
+            "Tier limit enforcement rejections",
+            ["org_id", "limit_type"],
+            registry=registry,
+        ),
+        rate_limit_fail_open=Counter(
+            "agentidp_rate_limit_fail_open_total",
+            "Requests let through unlimited because the kv was unavailable",
+            registry=registry,
+        ),
     )

@@ -103,10 +103,21 @@ class Limits:
         )
 
 
+@dataclass(frozen=True)
+class QuotaMetrics:
+    """The limits' Prometheus series (quotas/hooks.py registers them)."""
+
+    rate_limit_hits: Any  # Counter by client_id
+    tenant_api_calls: Any  # labelled(Counter) by org_id, tier: counted on every request
+    billing_limit_rejections: Any  # Counter by org_id, limit_type
+    rate_limit_fail_open: Any  # Counter
+
+
 class Quotas:
     def __init__(self, idp: IdP) -> None:
         self.idp = idp
         self._outage = False
+        self.metrics: QuotaMetrics | None = None  # set at assembly (register_metrics)
 
     @property
     def settings(self) -> Any:
@@ -115,9 +126,6 @@ class Quotas:
     @cached_property
     def _limits(self) -> Limits:
         return Limits.of(self.settings)
-
-    def _metric(self, name: str) -> Any:
-        return self.idp.state.get("core", {}).get(name)
 
     def _label(self, value: str) -> str:
         # Operators with very many agents drop per-id labels (series cardinality).
@@ -130,9 +138,8 @@ class Quotas:
         try:
             value = await self.idp.kv.incr_many(counters, guard)
         except StorageUnavailable as error:
-            counter = self._metric("rate_limit_fail_open")
-            if counter is not None:
-                counter.inc()
+            if self.metrics is not None:
+                self.metrics.rate_limit_fail_open.inc()
             if not self._outage:
                 self._outage = True
                 log.error(
@@ -156,9 +163,8 @@ class Quotas:
         return Counter(key, expire_at_ms=next_midnight_ms(now), limit=limit), tier
 
     def _over_rate(self, client_id: str, counter: Counter, end: int, now: int) -> RateLimited:
-        hits = self._metric("rate_limit_hits")
-        if hits is not None:
-            hits.labels(self._label(client_id)).inc()
+        if self.metrics is not None:
+            self.metrics.rate_limit_hits.labels(self._label(client_id)).inc()
         retry = max(1, -(-(end - now) // 1000))
         window = Window(counter.limit, 0, -(-end // 1000))
         return RateLimited(
@@ -169,9 +175,8 @@ class Quotas:
         )
 
     def _over_tier(self, org_id: str, kind: str, tier: str, counter: Counter) -> RateLimited:
-        rejections = self._metric("billing_limit_rejections")
-        if rejections is not None:
-            rejections.labels(self._label(org_id), kind).inc()
+        if self.metrics is not None:
+            self.metrics.billing_limit_rejections.labels(self._label(org_id), kind).inc()
         midnight = counter.expire_at_ms or 0
         return RateLimited(
             "tier_limit_exceeded",
@@ -216,9 +221,8 @@ class Quotas:
             raise self._auth_refused(left_ms)
         if values[0] > rate.limit:
             raise self._over_rate(client_id, rate, end, now)
-        counter = self._metric("tenant_api_calls")
-        if counter is not None:
-            counter(self._label(org_id), tier).inc()
+        if self.metrics is not None:
+            self.metrics.tenant_api_calls(self._label(org_id), tier).inc()
         if calls.limit > 0 and values[1] > calls.limit:
             raise self._over_tier(org_id, "calls", tier, calls)
         window = Window(rate.limit, max(rate.limit - values[0], 0), -(-end // 1000))

@@ -67,9 +67,18 @@ class Consumer:
     registered: bool = False
 
 
+@dataclass(frozen=True)
+class DispatchMetrics:
+    """Per consumer, set by the process holding its lease (audit/hooks.py registers them)."""
+
+    consumer_lag: Any  # Gauge by consumer
+    consumer_failures: Any  # Counter by consumer
+
+
 class AuditDispatcher:
     def __init__(self, idp: IdP, lease_ms: int = 10_000) -> None:
         self.idp = idp
+        self.metrics: DispatchMetrics | None = None  # set at assembly (register_metrics)
         self.lease = Lease(idp, LEASE, lease_ms)
         self._wake = asyncio.Event()
         self._consumers: dict[str, Consumer] = {}
@@ -182,9 +191,6 @@ class AuditDispatcher:
 
     # Delivery --------------------------------------------------------------
 
-    def _metric(self, name: str) -> Any:
-        return self.idp.state.get("core", {}).get(name)
-
     async def _hand(self, consumer: Consumer, event: dict[str, Any]) -> bool:
         """Call the handler once, within the timeout, renewing the lease while it runs."""
         kwargs = {"idp": self.idp, "event": event}
@@ -226,9 +232,8 @@ class AuditDispatcher:
             "audit consumer %s failed on event %s/%s (%s, attempt %d): %s; retrying in %gs",
             consumer.name, org_id, seq, event.get("action"), retry.failures, reason, delay,
         )  # fmt: skip
-        failures = self._metric("audit_consumer_failures")
-        if failures is not None:
-            failures.labels(consumer=consumer.name).inc()
+        if self.metrics is not None:
+            self.metrics.consumer_failures.labels(consumer=consumer.name).inc()
 
     async def _deliver_to(self, consumer: Consumer) -> int:
         """One round for one consumer, if we hold its lease; return how many it accepted."""
@@ -268,9 +273,8 @@ class AuditDispatcher:
                         break  # stuck on the next event: retried after its backoff
                     cursor = accepted
         finally:
-            gauge = self._metric("audit_consumer_lag")
-            if gauge is not None:
-                gauge.labels(consumer=consumer.name).set(max(lag, 0))
+            if self.metrics is not None:
+                self.metrics.consumer_lag.labels(consumer=consumer.name).set(max(lag, 0))
         return delivered
 
     async def deliver_pending(self) -> int:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agentidp_server.audit.checkpoints import checkpoint_all, prune
+from agentidp_server.audit.dispatch import DispatchMetrics
 from agentidp_server.audit.integrity import IntegrityWatch
 from agentidp_server.audit.log import KERNEL_ACTIONS, AuditAction
 from agentidp_server.hookspecs import hookimpl
@@ -27,27 +28,27 @@ def register_audit_actions(idp: IdP) -> list[AuditAction]:
 
 @hookimpl
 def register_metrics(idp: IdP, registry: CollectorRegistry) -> None:
-    state = idp.state.setdefault("core", {})
-    state["audit_integrity"] = Gauge(
+    idp.audit.integrity_gauge = Gauge(
         "agentidp_audit_chain_integrity",
         "1 if audit chain is intact, 0 if broken",
         registry=registry,
         # Only the process holding the audit-integrity lease checks and sets it.
         multiprocess_mode="mostrecent",
     )
-    # Set by the process holding each consumer's lease (audit/dispatch.py).
-    state["audit_consumer_lag"] = Gauge(
-        "agentidp_audit_consumer_lag",
-        "Audit events committed but not yet accepted by a plugin consuming them",
-        ["consumer"],
-        registry=registry,
-        multiprocess_mode="mostrecent",
-    )
-    state["audit_consumer_failures"] = Counter(
-        "agentidp_audit_consumer_failures_total",
-        "Failed or timed-out deliveries of an audit event to a plugin (each is retried)",
-        ["consumer"],
-        registry=registry,
+    idp.audit.dispatcher.metrics = DispatchMetrics(
+        consumer_lag=Gauge(
+            "agentidp_audit_consumer_lag",
+            "Audit events committed but not yet accepted by a plugin consuming them",
+            ["consumer"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        ),
+        consumer_failures=Counter(
+            "agentidp_audit_consumer_failures_total",
+            "Failed or timed-out deliveries of an audit event to a plugin (each is retried)",
+            ["consumer"],
+            registry=registry,
+        ),
     )
 
 

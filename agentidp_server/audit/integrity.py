@@ -85,7 +85,7 @@ class IntegrityWatch:
     async def round(self) -> bool | None:
         """One round over every chain. Another process holding the lease: export its
         latest result (so every pod reports the same) and return None."""
-        gauge = self.idp.state["core"]["audit_integrity"]
+        gauge = self.idp.audit.integrity_gauge
         if not await self.lease.acquire():
             shared = await self.idp.db.fetchval(
                 "SELECT intact FROM audit_integrity WHERE scope = 'all'"

@@ -117,6 +117,7 @@ class AuditLog:
     def __init__(self, idp: IdP) -> None:
         self.idp = idp
         self.dispatcher = AuditDispatcher(idp)
+        self.integrity_gauge: Any = None  # 1 intact, 0 broken (set at assembly: audit/hooks.py)
         # Off in production: the token path then pays one attribute check per event.
         self._strict: bool | None = None
         self._actions: dict[str, AuditAction] | None = None
